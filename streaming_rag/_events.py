@@ -1,0 +1,53 @@
+"""`EventType` and `StreamEvent`: the typed events every surface yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["TERMINAL_EVENT_TYPES", "EventType", "StreamEvent"]
+
+
+class EventType(StrEnum):
+    """Event categories. A `str` subclass: `EventType.CHUNK == "chunk"`."""
+
+    RETRIEVAL_START = "retrieval_start"  # data: {"query": str}
+    RETRIEVAL_DONE = "retrieval_done"  # data: {"num_docs": int, "docs": list[dict]}
+    GENERATION_START = "generation_start"  # data: {"prompt_chars": int}
+    CHUNK = "chunk"  # data: str
+    GENERATION_DONE = "generation_done"  # data: {"total_latency": float}
+    ERROR = "error"  # data: {"msg": str, "stage": str}
+
+
+#: A stream ends with exactly one of these; nothing follows it.
+TERMINAL_EVENT_TYPES = frozenset({EventType.GENERATION_DONE, EventType.ERROR})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One immutable event of a stream.
+
+    `latency` is seconds since the stream started on a monotonic clock, rounded to 4
+    decimals (exactly `0.0` for the first event). `id` is the Redis Stream entry id when the
+    event came through the queue, and `None` for events produced in process.
+    """
+
+    type: EventType
+    data: Any
+    latency: float
+    id: str | None = None
+
+    @property
+    def is_chunk(self) -> bool:
+        """True only for `EventType.CHUNK`."""
+        return self.type is EventType.CHUNK
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for `GENERATION_DONE` and `ERROR`, the events that end a stream."""
+        return self.type in TERMINAL_EVENT_TYPES
+
+    def __str__(self) -> str:
+        """The chunk text for a CHUNK, `""` for every other event."""
+        return self.data if self.type is EventType.CHUNK else ""

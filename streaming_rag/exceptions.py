@@ -1,0 +1,34 @@
+"""Exceptions raised by `streaming_rag`.
+
+Tree::
+
+    StreamingRAGError                 root of everything this package raises on purpose
+    ├── ConfigError(ValueError)       a StreamConfig or prompt template that cannot work
+    └── BackendError(TypeError)       a rag_system / llm that does not fit the protocols
+        └── NoGeneratorError(AttributeError)
+                                      no streaming LLM and no rag_system.generate()
+
+Failures *inside* a stream (retrieval or generation raising or timing out) are not raised:
+they become an `ERROR` event, as the spec requires. Exceptions raised by the caller's own
+`on_chunk` / `on_event` callbacks propagate unchanged.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BackendError", "ConfigError", "NoGeneratorError", "StreamingRAGError"]
+
+
+class StreamingRAGError(Exception):
+    """Root of the exceptions this package raises."""
+
+
+class ConfigError(StreamingRAGError, ValueError):
+    """A configuration value that cannot work; the message names the field and the fix."""
+
+
+class BackendError(StreamingRAGError, TypeError):
+    """The RAG backend or LLM does not expose what the pipeline needs."""
+
+
+class NoGeneratorError(BackendError, AttributeError):
+    """Strategy 3 was selected but `rag_system.generate` does not exist."""
