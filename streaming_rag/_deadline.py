@@ -2,17 +2,22 @@
 
 `asyncio.wait_for` per token costs ~14 µs and `asyncio.timeout` ~6 µs; this costs a flag write
 before and after each wait. The timer is scheduled once (`loop.call_at`); when it fires it
-cancels the consuming task only if that task is, at that moment, awaiting the LLM (`waiting`).
-If it fires while the consumer holds an event (the generator is suspended at `yield`), nothing
-is cancelled: the pipeline checks `expired` before its next wait and stops there. A
-cancellation the deadline did not cause propagates unchanged.
+cancels the task that is, at that moment, awaiting the LLM (`waiting` holds that task). If it
+fires while the consumer holds an event (the generator is suspended at `yield`), nothing is
+cancelled: the pipeline checks `expired` before its next wait and stops there. A cancellation
+the deadline did not cause propagates unchanged.
+
+`waiting` is set to the *current* task before every wait, not fixed at construction: an async
+generator may be resumed from a different task each time (e.g. `asyncio.wait_for(agen.
+__anext__(), t)` wraps each call in a new task on Python 3.11), and the deadline must cancel
+the task that is actually waiting.
 
 Usage (inline in the hot loop, no extra coroutine frame per token)::
 
     deadline = Deadline(timeout)
     try:
         while not deadline.expired:
-            deadline.waiting = True
+            deadline.waiting = asyncio.current_task()
             try:
                 token = await source.__anext__()
             except asyncio.CancelledError:
@@ -20,7 +25,7 @@ Usage (inline in the hot loop, no extra coroutine frame per token)::
                     ...  # the deadline passed while waiting
                 raise
             finally:
-                deadline.waiting = False
+                deadline.waiting = None
     finally:
         deadline.disarm()
 """
@@ -28,30 +33,28 @@ Usage (inline in the hot loop, no extra coroutine frame per token)::
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 __all__ = ["Deadline"]
 
 
 class Deadline:
-    """A deadline `timeout` seconds from now for the current task."""
+    """A deadline `timeout` seconds from now for the generation step."""
 
-    __slots__ = ("_fired", "_handle", "_loop", "_task", "waiting", "when")
+    __slots__ = ("_fired", "_handle", "_loop", "waiting", "when")
 
     def __init__(self, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - the pipeline always runs in a task
-            raise RuntimeError("Deadline must be created inside a task")
-        self._task = task
-        self.waiting = False
-        self._fired = False
+        self.waiting: asyncio.Task[Any] | None = None  # the task awaiting the LLM right now
+        self._fired: asyncio.Task[Any] | None = None  # the task the deadline cancelled
         self.when = self._loop.time() + timeout
         self._handle = self._loop.call_at(self.when, self._fire)
 
     def _fire(self) -> None:
-        if self.waiting:
-            self._fired = True
-            self._task.cancel()
+        task = self.waiting
+        if task is not None:
+            self._fired = task
+            task.cancel()
 
     @property
     def expired(self) -> bool:
@@ -60,9 +63,10 @@ class Deadline:
 
     def claim_cancel(self) -> bool:
         """On `CancelledError`: True if the deadline caused it (and it is now absorbed)."""
-        if self._fired:
-            self._fired = False
-            return self._task.uncancel() == 0
+        task = self._fired
+        if task is not None:
+            self._fired = None
+            return task.uncancel() == 0
         return False
 
     def disarm(self) -> None:

@@ -203,13 +203,14 @@ class StreamingRAG:
         on_chunk = self.on_chunk
         lock = self._lock
         chunk = EventType.CHUNK
+        current_task = asyncio.current_task
         try:
             anext_ = source.__anext__
             while True:
                 if deadline.expired:
                     failure = GENERATION_TIMEOUT_MSG
                     break
-                deadline.waiting = True
+                deadline.waiting = current_task()
                 try:
                     token = await anext_()
                 except StopAsyncIteration:
@@ -224,7 +225,7 @@ class StreamingRAG:
                     failure = _error_message(exc)
                     break
                 finally:
-                    deadline.waiting = False
+                    deadline.waiting = None
                 if token is None:
                     continue
                 if type(token) is not str:

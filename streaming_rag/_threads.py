@@ -60,6 +60,15 @@ async def run_in_thread(func: Callable[..., T], *args: Any, name: str) -> T:
 _ITEM, _END, _FAIL = 0, 1, 2
 
 
+def _close_quietly(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # nobody awaits this thread: log, do not raise
+            logger.warning("closing the sync LLM stream raised; ignored", exc_info=True)
+
+
 class ThreadedIterator:
     """Iterate a blocking iterator in one daemon thread and consume it from the event loop.
 
@@ -99,7 +108,11 @@ class ThreadedIterator:
         _post(self._loop, self._wake)
 
     def _run(self) -> None:
+        # The source is closed *before* END / FAIL is posted, so the pipeline never yields its
+        # terminal event while the LLM stream is still open; when the consumer stopped early,
+        # it is closed as soon as the current `next()` returns.
         iterator: Iterator[Any] | None = None
+        closed = False
         try:
             iterator = iter(self._ctx.run(self._open_iter))
             for item in iterator:
@@ -113,16 +126,17 @@ class ThreadedIterator:
                         break
                 self._put(_ITEM, item)
             else:
+                closed = True
+                _close_quietly(iterator)
                 self._put(_END, None)
         except BaseException as exc:  # re-raised in the consumer
+            if not closed:
+                closed = True
+                _close_quietly(iterator)
             self._put(_FAIL, exc)
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # nobody awaits this thread: log, do not raise
-                    logger.warning("closing the sync LLM stream raised; ignored", exc_info=True)
+            if not closed:
+                _close_quietly(iterator)
 
     # -- consumer side (the event loop) ---------------------------------------------------
     def _wake(self) -> None:

@@ -1,0 +1,159 @@
+"""Lua scripts: every state change of a job is one atomic script, so a client, a worker and any
+number of subscribers can race without a job ever getting two terminal events.
+
+Job states (the ``status`` field of the job hash)::
+
+    queued ──START──▶ running ──PUBLISH(terminal)──▶ done | failed | cancelled
+      │                  │
+      │                  └──CHECK (lease gone)──▶ failed  + ERROR {"stage": "worker"}
+      ├──CHECK (start deadline passed)──▶ failed  + ERROR {"stage": "queue"}
+      └──CANCEL──▶ cancelled + ERROR {"stage": "generation", "msg": "Cancelled"}
+
+Only a script that moves a job out of ``running``/``queued`` appends its terminal event, and
+the worker's PUBLISH appends nothing once the job left ``running``. Times come from the
+server's clock (``TIME``) except arq's queue score, which arq compares with the worker's.
+Events written here are packed with Lua's ``cmsgpack`` in the wire format.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CANCEL", "CHECK", "HEARTBEAT", "PUBLISH", "START", "SUBMIT"]
+
+_NOW = """
+local _t = redis.call('TIME')
+local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+"""
+
+_END = """
+local function finish(meta, events, status, retention, fields)
+  redis.call('HSET', meta, 'status', status, 'finished_ms', now)
+  if fields then redis.call('HSET', meta, unpack(fields)) end
+  redis.call('PERSIST', meta)
+  redis.call('PEXPIRE', meta, retention)
+  redis.call('PEXPIRE', events, retention)
+end
+local function error_event(stage, msg, latency)
+  return cmsgpack.pack({v = 1, t = 'error', d = {msg = msg, stage = stage}, l = latency})
+end
+"""
+
+#: KEYS meta, events, arq_job, queue; ARGV arq_job_id, job_bytes, score_ms, start_timeout_ms,
+#: record_ttl_ms. Returns 1, or 0 when the job id is already in use.
+SUBMIT = (
+    _NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'created_ms', now,
+           'start_timeout_ms', ARGV[4], 'start_deadline_ms', now + tonumber(ARGV[4]))
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return 1
+"""
+)
+
+#: KEYS meta, lease; ARGV lease_ms, worker_name. Returns 'ok' when the job moved from queued
+#: to running (the worker owns it now), else its status ('missing' if no job hash).
+START = (
+    _NOW
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s ~= 'queued' then return s end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', now, 'worker', ARGV[2])
+redis.call('PERSIST', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
+return 'ok'
+"""
+)
+
+#: KEYS events, meta, lease; ARGV lease_ms, final_status ('' unless the batch ends the job),
+#: retention_ms, event... Appends the events only while the job is running; refreshes the
+#: lease, or (final batch) sets the final status and the retention TTL. Returns 1, or 0 when
+#: the job is no longer running here (declared lost, or gone).
+PUBLISH = (
+    _NOW
+    + _END
+    + """
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
+for i = 4, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+if ARGV[2] ~= '' then
+  redis.call('DEL', KEYS[3])
+  finish(KEYS[2], KEYS[1], ARGV[2], ARGV[3])
+else
+  redis.call('PEXPIRE', KEYS[3], ARGV[1])
+end
+return 1
+"""
+)
+
+#: KEYS meta, lease; ARGV lease_ms, worker_name. Keeps the lease alive while the job runs.
+#: Returns 'cancel' when a cancellation was asked, 'running', or the status it found.
+HEARTBEAT = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s ~= 'running' then return s end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
+if redis.call('HGET', KEYS[1], 'cancel') then return 'cancel' end
+return 'running'
+"""
+
+#: Run by a subscriber that saw no new event for a while. KEYS meta, lease, events, queue,
+#: arq_job; ARGV arq_job_id, retention_ms. Returns 'missing', 'queued', 'running', 'lost'
+#: (this call appended the worker ERROR), 'withdrawn' (this call appended the queue ERROR),
+#: or the final status.
+CHECK = (
+    _NOW
+    + _END
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s == 'running' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
+  local started = tonumber(redis.call('HGET', KEYS[1], 'started_ms') or now)
+  local latency = math.floor((now - started) / 10 + 0.5) / 100
+  redis.call('XADD', KEYS[3], '*', 'e', error_event('worker', 'Worker lost', latency))
+  finish(KEYS[1], KEYS[3], 'failed', ARGV[2])
+  return 'lost'
+end
+if s == 'queued' then
+  local deadline = tonumber(redis.call('HGET', KEYS[1], 'start_deadline_ms') or now)
+  if now < deadline then return 'queued' end
+  local waited = tonumber(redis.call('HGET', KEYS[1], 'start_timeout_ms') or 0) / 1000
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('DEL', KEYS[5])
+  local msg = string.format('No worker picked up the job within %g s: is a worker running? '
+    .. 'Start one with `streaming-rag worker --app module:factory` '
+    .. '(same Redis URL and prefix), or run `streaming-rag demo`.', waited)
+  redis.call('XADD', KEYS[3], '*', 'e', error_event('queue', msg, 0))
+  finish(KEYS[1], KEYS[3], 'failed', ARGV[2])
+  return 'withdrawn'
+end
+return s
+"""
+)
+
+#: KEYS meta, events, queue, arq_job; ARGV arq_job_id, retention_ms, cancel_channel, job_id.
+#: A queued job is withdrawn and ends at once; a running one is flagged and its worker told
+#: over pub/sub. Returns 'cancelled', 'requested', 'missing' or the final status.
+CANCEL = (
+    _NOW
+    + _END
+    + """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s == 'queued' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('DEL', KEYS[4])
+  redis.call('XADD', KEYS[2], '*', 'e', error_event('generation', 'Cancelled', 0))
+  finish(KEYS[1], KEYS[2], 'cancelled', ARGV[2])
+  return 'cancelled'
+end
+if s == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 'requested'
+end
+return s
+"""
+)
