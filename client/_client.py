@@ -190,7 +190,7 @@ class StreamingRAGClient:
         verdict = self._sync_transport().cancel(self._keys(job_id))
         if verdict == "missing":
             raise JobNotFound(job_id, self.prefix)
-        return verdict in ("cancelled", "requested")
+        return verdict in ("withdrawn", "requested")
 
     def status(self, job_id: str) -> JobStatus:
         """queued, running, done, failed, cancelled or not found (also settles a job whose
@@ -278,7 +278,7 @@ class StreamingRAGClient:
         verdict = await self._async_transport().cancel(self._keys(job_id))
         if verdict == "missing":
             raise JobNotFound(job_id, self.prefix)
-        return verdict in ("cancelled", "requested")
+        return verdict in ("withdrawn", "requested")
 
     async def astatus(self, job_id: str) -> JobStatus:
         """Async `status`."""

@@ -135,7 +135,8 @@ return s
 
 #: KEYS meta, events, queue, arq_job; ARGV arq_job_id, retention_ms, cancel_channel, job_id.
 #: A queued job is withdrawn and ends at once; a running one is flagged and its worker told
-#: over pub/sub. Returns 'cancelled', 'requested', 'missing' or the final status.
+#: over pub/sub. Returns 'withdrawn' (queued job ended now), 'requested' (running job
+#: flagged), 'missing', or the final status of a job that had already ended.
 CANCEL = (
     _NOW
     + _END
@@ -147,7 +148,7 @@ if s == 'queued' then
   redis.call('DEL', KEYS[4])
   redis.call('XADD', KEYS[2], '*', 'e', error_event('generation', 'Cancelled', 0))
   finish(KEYS[1], KEYS[2], 'cancelled', ARGV[2])
-  return 'cancelled'
+  return 'withdrawn'
 end
 if s == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')

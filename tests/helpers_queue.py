@@ -1,0 +1,49 @@
+"""Running a real worker (in this process, or as a subprocess) against the test server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from streaming_rag import StreamingRAG
+from worker import WorkerConfig, build_worker
+from worker.runner import StreamingWorker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    redis_url: str, prefix: str, rag: StreamingRAG, **config: Any
+) -> AsyncIterator[StreamingWorker]:
+    """An arq worker serving `rag` in this event loop; stopped (grace 0) on exit."""
+    cfg = WorkerConfig(redis_url=redis_url, prefix=prefix, **config)
+    worker = build_worker(cfg, rag=rag, handle_signals=False, poll_delay=0.05)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await worker.stop(0)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+def spawn_worker(redis_url: str, prefix: str, app: str, **config: Any) -> subprocess.Popen[bytes]:
+    """`streaming-rag worker` in a subprocess (the CLI when present, else arq's runner)."""
+    args = [
+        sys.executable,
+        "-c",
+        "import json, sys; from worker import WorkerConfig, build_worker; "
+        "build_worker(WorkerConfig(**json.loads(sys.argv[1])), poll_delay=0.05).run()",
+        json.dumps({"redis_url": redis_url, "prefix": prefix, "app": app, **config}),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE)

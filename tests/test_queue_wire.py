@@ -1,0 +1,125 @@
+"""The wire layer without a server: keys, event codec, job codec, request validation."""
+
+from __future__ import annotations
+
+import pickle
+
+import msgpack
+import pytest
+
+from streaming_rag import EventType, StreamEvent
+from wire import (
+    EventDecodeError,
+    InvalidRequest,
+    JobKeys,
+    decode_entry,
+    encode_event,
+    pack_job,
+    parse_request,
+    unpack_job,
+    validate_job_id,
+)
+from wire.models import JOB_FUNCTION, arq_job_record
+
+
+def test_every_key_of_a_job_shares_one_cluster_hash_tag():
+    keys = JobKeys("srag", "abc123")
+    assert keys.events == "srag:{abc123}:events"
+    assert keys.lease == "srag:{abc123}:lease"
+    assert keys.meta == "srag:{abc123}:job"
+    tags = {k.split("{", 1)[1].split("}", 1)[0] for k in (keys.events, keys.lease, keys.meta)}
+    assert tags == {"abc123"}
+
+
+def test_prefix_names_the_queue_and_namespaces_arq_job_ids():
+    a, b = JobKeys("one", "x"), JobKeys("two", "x")
+    assert a.queue == "one:queue" and b.queue == "two:queue"
+    assert a.arq_job != b.arq_job
+    assert a.arq_job == "arq:job:one:x"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        StreamEvent(EventType.RETRIEVAL_START, {"query": "q"}, 0.0),
+        StreamEvent(EventType.RETRIEVAL_DONE, {"num_docs": 1, "docs": [{"content": "d"}]}, 0.01),
+        StreamEvent(EventType.GENERATION_START, {"prompt_chars": 42}, 0.02),
+        StreamEvent(EventType.CHUNK, "héllo ", 0.0301),
+        StreamEvent(EventType.GENERATION_DONE, {"total_latency": 0.5}, 0.5),
+        StreamEvent(EventType.ERROR, {"msg": "Generation timed out", "stage": "generation"}, 1.0),
+    ],
+)
+def test_event_round_trip_keeps_type_data_latency_and_sets_id(event):
+    payload = encode_event(event.type, event.data, event.latency)
+    assert set(msgpack.unpackb(payload)) == {"v", "t", "d", "l"}
+    decoded = decode_entry("job", b"1-0", {b"e": payload})
+    assert decoded == StreamEvent(event.type, event.data, event.latency, "1-0")
+
+
+def test_unpackable_payload_values_are_sent_as_text():
+    import datetime
+
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    payload = encode_event(EventType.RETRIEVAL_DONE, {"num_docs": 1, "docs": [{"t": when}]}, 0.1)
+    decoded = decode_entry("job", "2-0", {b"e": payload})
+    assert decoded.data["docs"][0]["t"] == str(when)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({b"e": b"\xc1not msgpack"}, "not valid msgpack"),
+        ({b"x": b"1"}, "no 'e' field"),
+        ({b"e": msgpack.packb({"v": 1, "t": "chunk", "d": "x"})}, "missing field(s) l"),
+        ({b"e": msgpack.packb({"v": 9, "t": "chunk", "d": "x", "l": 0})}, "wire version 9"),
+        ({b"e": msgpack.packb({"v": 1, "t": "nope", "d": "x", "l": 0})}, "unknown event type"),
+        ({b"e": msgpack.packb({"v": 1, "t": "chunk", "d": 3, "l": 0})}, "must be a string"),
+        ({b"e": msgpack.packb([1, 2])}, "expected a map"),
+    ],
+)
+def test_decoding_is_strict_and_names_job_and_entry(fields, reason):
+    with pytest.raises(EventDecodeError) as info:
+        decode_entry("job42", b"7-1", fields)
+    assert "job42" in str(info.value) and "7-1" in str(info.value)
+    assert reason in str(info.value)
+    assert info.value.job_id == "job42" and info.value.entry_id == "7-1"
+
+
+def test_job_records_are_msgpack_never_pickle():
+    record = arq_job_record("abc", parse_request("what?", {"k": [1, 2]}), 123)
+    job = unpack_job(record)
+    assert job == {
+        "t": None,
+        "f": JOB_FUNCTION,
+        "a": [],
+        "k": {"job_id": "abc", "request": {"v": 1, "query": "what?", "context": {"k": [1, 2]}}},
+        "et": 123,
+    }
+    with pytest.raises(Exception):  # noqa: B017 - any msgpack error: pickle is not accepted
+        unpack_job(pickle.dumps({"f": "os.system"}))
+    assert pack_job({"x": 1}) == msgpack.packb({"x": 1})
+
+
+@pytest.mark.parametrize(
+    ("query", "context", "message"),
+    [
+        ("", None, "query must be a non-empty string"),
+        ("   ", None, "query must be a non-empty string"),
+        (42, None, "query must be a str, got int"),
+        (None, None, "query must be a str, got NoneType"),
+        ("x" * 11, None, "query is 11 characters; the limit is 10"),
+        ("ok", {"f": object()}, "context must hold only msgpack-able values"),
+        ("ok", ["not", "a", "dict"], "context must be a dict or None, got list"),
+    ],
+)
+def test_invalid_requests_are_refused_with_a_clear_message(query, context, message):
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(query, context, max_query_chars=10)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("job_id", ["", "a b", "x" * 129, "{tag}", 5])
+def test_bad_job_ids_are_refused(job_id):
+    with pytest.raises(InvalidRequest, match="job_id must be"):
+        validate_job_id(job_id)
