@@ -93,33 +93,6 @@ def answer_text(result: Any) -> str:
     )
 
 
-class _AsyncSource:
-    """Strategy 1: wraps whatever `llm.astream(prompt)` returned; closes it once."""
-
-    def __init__(self, llm: Any, prompt: str) -> None:
-        self._llm = llm
-        self._prompt = prompt
-        self._it: Any = None
-
-    def __aiter__(self) -> _AsyncSource:
-        return self
-
-    async def __anext__(self) -> Any:
-        it = self._it
-        if it is None:
-            result = self._llm.astream(self._prompt)
-            if inspect.isawaitable(result) and not hasattr(result, "__anext__"):
-                result = await result  # `async def astream()` returning an async iterator
-            it = self._it = result.__aiter__()
-        return await it.__anext__()
-
-    async def aclose(self) -> None:
-        aclose = getattr(self._it, "aclose", None)
-        self._it = None
-        if aclose is not None:
-            await aclose()
-
-
 async def _simulate(
     rag_system: Any, query: str, context: dict[str, Any], config: StreamConfig
 ) -> AsyncIterator[str]:
@@ -138,7 +111,7 @@ async def _simulate(
         yield chunk
 
 
-def open_stream(
+async def open_stream(
     strategy: Strategy,
     *,
     llm: Any,
@@ -148,34 +121,16 @@ def open_stream(
     context: dict[str, Any],
     config: StreamConfig,
 ) -> Any:
-    """Return an async iterator of tokens with an `aclose()`; nothing runs until iterated."""
+    """Start generating; return an async iterator of tokens (closed with `aclose()` if it has
+    one). Awaited inside the generation deadline: an `async def astream()` that returns an
+    async iterator is awaited here."""
     if strategy == "async":
-        return _AsyncSource(llm, prompt)
+        result = llm.astream(prompt)
+        if not hasattr(result, "__anext__"):
+            if inspect.isawaitable(result):
+                result = await result
+            result = result.__aiter__()
+        return result
     if strategy == "sync":
-        return _LazyThreadedIterator(llm, prompt)
+        return ThreadedIterator(lambda: llm.stream(prompt), name="streaming-rag-sync-llm")
     return _simulate(rag_system, query, context, config)
-
-
-class _LazyThreadedIterator:
-    """Strategy 2: starts the LLM's thread on the first `__anext__`, inside the deadline."""
-
-    def __init__(self, llm: Any, prompt: str) -> None:
-        self._llm = llm
-        self._prompt = prompt
-        self._it: ThreadedIterator | None = None
-
-    def __aiter__(self) -> _LazyThreadedIterator:
-        return self
-
-    async def __anext__(self) -> Any:
-        it = self._it
-        if it is None:
-            llm, prompt = self._llm, self._prompt
-            it = self._it = ThreadedIterator(
-                lambda: llm.stream(prompt), name="streaming-rag-sync-llm"
-            )
-        return await it.__anext__()
-
-    async def aclose(self) -> None:
-        if self._it is not None:
-            await self._it.aclose()

@@ -13,9 +13,9 @@ from contextlib import aclosing, closing
 from typing import Any
 
 from ._config import StreamConfig, validate_config
-from ._deadline import Deadline
+from ._deadline import Deadline, current_task_getter
 from ._documents import build_context, normalize_docs
-from ._events import EventType, StreamEvent
+from ._events import EventType, StreamEvent, chunk_event
 from ._generation import Strategy, open_stream, select_strategy
 from ._sync_bridge import iterate_in_thread
 from ._threads import run_in_thread
@@ -27,6 +27,12 @@ logger = logging.getLogger("streaming_rag")
 
 RETRIEVAL_TIMEOUT_MSG = "Retrieval timed out"
 GENERATION_TIMEOUT_MSG = "Generation timed out"
+
+
+def _latency(seconds: float) -> float:
+    """`seconds` rounded to 4 decimals (cheaper than `round(x, 4)`, same result for the
+    non-negative values a monotonic clock gives)."""
+    return int(seconds * 10000.0 + 0.5) / 10000.0
 
 
 def _error_message(exc: BaseException) -> str:
@@ -175,43 +181,47 @@ class StreamingRAG:
             failure = _error_message(exc)
         if failure is not None:
             data = {"msg": failure, "stage": "retrieval"}
-            yield self._event(EventType.ERROR, data, round(clock() - t0, 4))
+            yield self._event(EventType.ERROR, data, _latency(clock() - t0))
             return
         yield self._event(
             EventType.RETRIEVAL_DONE,
             {"num_docs": len(docs), "docs": docs},
-            round(clock() - t0, 4),
+            _latency(clock() - t0),
         )
 
         ctx_block = build_context(docs, max_docs=cfg.max_context_docs, max_chars=cfg.max_doc_chars)
         prompt = cfg.prompt_template.format(context=ctx_block, query=query)
         yield self._event(
-            EventType.GENERATION_START, {"prompt_chars": len(prompt)}, round(clock() - t0, 4)
+            EventType.GENERATION_START, {"prompt_chars": len(prompt)}, _latency(clock() - t0)
         )
 
         # -- generation --------------------------------------------------------------------
-        source = open_stream(
-            self.strategy,
-            llm=self.llm,
-            rag_system=self.rag_system,
-            prompt=prompt,
-            query=query,
-            context=context if context is not None else {},
-            config=cfg,
-        )
+        # The hot loop: one iteration per token. Kept flat on purpose (no per-token helper
+        # calls); see bench/overhead.py.
         deadline = Deadline(cfg.generation_timeout)
-        on_chunk = self.on_chunk
-        lock = self._lock
-        chunk = EventType.CHUNK
-        current_task = asyncio.current_task
+        current_task = current_task_getter(asyncio.get_running_loop())
+        on_chunk, on_event = self.on_chunk, self.on_event
+        source: Any = None
+        anext_: Any = None
+        chunks = 0
         try:
-            anext_ = source.__anext__
             while True:
                 if deadline.expired:
                     failure = GENERATION_TIMEOUT_MSG
                     break
                 deadline.waiting = current_task()
                 try:
+                    if source is None:
+                        source = await open_stream(
+                            self.strategy,
+                            llm=self.llm,
+                            rag_system=self.rag_system,
+                            prompt=prompt,
+                            query=query,
+                            context=context if context is not None else {},
+                            config=cfg,
+                        )
+                        anext_ = source.__anext__
                     token = await anext_()
                 except StopAsyncIteration:
                     break
@@ -232,19 +242,24 @@ class StreamingRAG:
                     token = str(token)
                 if on_chunk is not None:
                     on_chunk(token)
-                with lock:
-                    self._total_chunks += 1
-                yield self._event(chunk, token, round(clock() - t0, 4))
+                chunks += 1
+                event = chunk_event(token, _latency(clock() - t0))
+                if on_event is not None:
+                    on_event(event)
+                yield event
         finally:
             deadline.disarm()
-            await _close_source(source)
+            with self._lock:
+                self._total_chunks += chunks
+            if source is not None:
+                await _close_source(source)
 
         if failure is not None:
             data = {"msg": failure, "stage": "generation"}
-            yield self._event(EventType.ERROR, data, round(clock() - t0, 4))
+            yield self._event(EventType.ERROR, data, _latency(clock() - t0))
             return
-        total = round(clock() - t0, 4)
-        with lock:
+        total = _latency(clock() - t0)
+        with self._lock:
             self._completed_streams += 1
             self._total_latency += total
         yield self._event(EventType.GENERATION_DONE, {"total_latency": total}, total)

@@ -1,0 +1,1 @@
+"""Benchmarks of streaming_rag; run them with `python -m bench`."""

@@ -1,0 +1,34 @@
+"""`python -m bench [NAME] [ARGS]`: run a benchmark (default: overhead)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "overhead": ("bench.overhead", "per-chunk cost of the streaming surfaces (default)"),
+}
+DEFAULT = "overhead"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m bench [NAME] [ARGS...]   (python -m bench NAME --help)\n")
+        print("benchmarks:")
+        for name, (_, about) in BENCHMARKS.items():
+            print(f"  {name:<12}{about}")
+        return 0
+    name = DEFAULT
+    if args and not args[0].startswith("-"):
+        name, args = args[0], args[1:]
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}; choose from: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[name][0])
+    result: int = module.main(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

