@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "overhead": ("bench.overhead", "per-chunk cost of the streaming surfaces (default)"),
+    "pickup": ("bench.pickup", "submit -> job start, ours vs stock arq"),
 }
 DEFAULT = "overhead"
 

@@ -66,7 +66,7 @@ class SubmitPlan:
     @property
     def script_keys(self) -> list[str]:
         k = self.keys
-        return [k.meta, k.events, k.arq_job, k.queue]
+        return [k.meta, k.events, k.arq_job, k.queue, k.wake]
 
 
 def plan_submit(

@@ -72,7 +72,7 @@ class ServerUnavailable(QueueError, ConnectionError):
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(
-            f"cannot reach Redis at {url}: {reason}. Start a server there, or point "
+            f"cannot reach Redis at {url}: {reason.rstrip('.')}. Start a server there, or point "
             "REDIS_URL / --redis-url at one"
         )
         self.url = url

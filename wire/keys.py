@@ -10,6 +10,7 @@ key                            holds
 ``{prefix}:{<job_id>}:lease``    the running worker's liveness lease (short TTL)
 ``{prefix}:queue``               the arq queue (sorted set of arq job ids)
 ``{prefix}:cancel``              pub/sub channel: job ids whose cancellation was asked
+``{prefix}:wake``                list: each submit pushes its arq job id; an idle worker BLPOPs it
 ``arq:job:{prefix}:<job_id>``    arq's own job record (arq's fixed key prefix)
 =============================  ======================================================
 
@@ -84,6 +85,10 @@ class JobKeys:
         return cancel_channel(self.prefix)
 
     @property
+    def wake(self) -> str:
+        return wake_key(self.prefix)
+
+    @property
     def arq_job_id(self) -> str:
         return f"{self.prefix}:{self.job_id}"
 
@@ -100,3 +105,8 @@ def queue_name(prefix: str) -> str:
 def cancel_channel(prefix: str) -> str:
     """The pub/sub channel on which cancellations are announced to workers."""
     return f"{prefix}:cancel"
+
+
+def wake_key(prefix: str) -> str:
+    """The list on which each submit pushes one wake-up token for an idle worker."""
+    return f"{prefix}:wake"

@@ -17,7 +17,7 @@ Events written here are packed with Lua's ``cmsgpack`` in the wire format.
 
 from __future__ import annotations
 
-__all__ = ["CANCEL", "CHECK", "HEARTBEAT", "PUBLISH", "START", "SUBMIT"]
+__all__ = ["CANCEL", "CHECK", "CLAIM", "HEARTBEAT", "PUBLISH", "START", "SUBMIT"]
 
 _NOW = """
 local _t = redis.call('TIME')
@@ -37,8 +37,10 @@ local function error_event(stage, msg, latency)
 end
 """
 
-#: KEYS meta, events, arq_job, queue; ARGV arq_job_id, job_bytes, score_ms, start_timeout_ms,
-#: record_ttl_ms. Returns 1, or 0 when the job id is already in use.
+#: KEYS meta, events, arq_job, queue, wake; ARGV arq_job_id, job_bytes, score_ms,
+#: start_timeout_ms, record_ttl_ms. Writes the same arq records as arq's `enqueue_job` (so
+#: stock arq workers run the job too) and pushes the arq job id as a wake-up token for an idle
+#: worker, all in one round trip. Returns 1, or 0 when the job id is already in use.
 SUBMIT = (
     _NOW
     + """
@@ -48,6 +50,9 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'created_ms', now,
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('RPUSH', KEYS[5], ARGV[1])
+redis.call('LTRIM', KEYS[5], -1024, -1)
+redis.call('PEXPIRE', KEYS[5], 60000)
 return 1
 """
 )
@@ -156,5 +161,46 @@ if s == 'running' then
   return 'requested'
 end
 return s
+"""
+)
+
+#: Worker: claim arq jobs and start them, in one round trip (arq's `start_jobs` spends four
+#: per job: WATCH, EXISTS, ZSCORE, MULTI/EXEC; then the job's START would be a fifth).
+#: KEYS queue; ARGV in_progress_ttl_ms, now_ms, lease_ms, worker_name, prefix, arq_job_id...
+#: A job is claimed when it is still queued in arq, due, and not in progress elsewhere; its
+#: arq in-progress key is set exactly as arq sets it. Then START runs for it (the job hash
+#: and lease keys are derived from the arq id `<prefix>:<job_id>` as `wire.keys` names them).
+#: Returns a flat list: arq_job_id, score, start verdict ('ok' or the status found), ...
+CLAIM = (
+    _NOW
+    + """
+local out = {}
+local head = ARGV[5] .. ':'
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= tonumber(ARGV[2]) then
+    if redis.call('SET', 'arq:in-progress:' .. id, '1', 'NX', 'PX', ARGV[1]) then
+      local verdict = 'missing'
+      if string.sub(id, 1, #head) == head then
+        local job = string.sub(id, #head + 1)
+        local meta = ARGV[5] .. ':{' .. job .. '}:job'
+        local s = redis.call('HGET', meta, 'status')
+        if s == 'queued' then
+          redis.call('HSET', meta, 'status', 'running', 'started_ms', now, 'worker', ARGV[4])
+          redis.call('PERSIST', meta)
+          redis.call('SET', ARGV[5] .. ':{' .. job .. '}:lease', ARGV[4], 'PX', ARGV[3])
+          verdict = 'ok'
+        elseif s then
+          verdict = s
+        end
+      end
+      out[#out + 1] = id
+      out[#out + 1] = score
+      out[#out + 1] = verdict
+    end
+  end
+end
+return out
 """
 )

@@ -13,11 +13,13 @@ Nothing here needs a network, a model or an API key, so ``streaming-rag demo`` a
   ``*.txt`` file of a folder (not recursive, sorted by name; ``source`` is the file name).
 - `ExtractiveRAG(retriever)` is a RAG backend for `StreamingRAG`'s simulation strategy:
   `retrieve(query)` returns the retriever's top `k` docs; `generate(query, context)` answers
-  with the (at most `max_sentences`) sentences of those docs that share the most
-  inverse-document-frequency weight with the query, in reading order (document rank, then
-  position in the document), followed by a ``Sources:`` line; or with `NO_INFORMATION` when no
-  sentence shares a term with the query. It is deterministic and keeps no state between calls,
-  so one instance serves any number of concurrent jobs.
+  with the best-matching sentences of those docs, in reading order (document rank, then
+  position in the document), followed by a ``Sources:`` line, or with `NO_INFORMATION` when
+  nothing was retrieved. A sentence's weight is the summed inverse document frequency of the
+  query terms it contains, times its document's BM25 score relative to the best document's;
+  the answer keeps at most `max_sentences` sentences weighing at least `min_share` of the best
+  one (a lone sentence is followed by the next sentence of its document). It is deterministic
+  and keeps no state between calls, so one instance serves any number of concurrent jobs.
 - Factories for ``--app``: `demo_app()` over the bundled corpus (a few short notes on RAG,
   token streaming, Redis Streams, job queues, BM25 and Valkey), `folder_app()` over the folder
   named by the env variable ``STREAMING_RAG_DOCS``.
@@ -61,14 +63,14 @@ SAMPLE_QUESTION = "How can a subscriber join a Redis Stream late or resume after
 
 DOC_SUFFIXES = (".md", ".txt")
 
-_STOP_WORDS = frozenset(
-    """a about after all also an and any are as at be because been before being both but by can
+_STOP_WORDS_TEXT = """
+    a about after all also an and any are as at be because been before being both but by can
     could did do does doing each few for from had has have having how i if in into is it its
     itself just me more most my no nor not of off on once only or other our out over own same
     she should so some such than that the their them then there these they this those through
     to too under until up very was we were what when where which while who whom why will with
-    would you your""".split()
-)
+    would you your"""
+_STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 _TOKEN = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 
@@ -150,9 +152,7 @@ class BM25Retriever:
         df: Counter[str] = Counter()
         for tf in self._tfs:
             df.update(tf.keys())
-        self._idf = {
-            term: math.log(1.0 + (count - n + 0.5) / (n + 0.5)) for term, n in df.items()
-        }
+        self._idf = {term: math.log(1.0 + (count - n + 0.5) / (n + 0.5)) for term, n in df.items()}
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -209,7 +209,10 @@ class BM25Retriever:
         for score, index in ranked[: max(k, 0)]:
             doc = self.docs[index]
             hits.append(
-                {"content": doc["content"], "metadata": {**doc["metadata"], "score": round(score, 4)}}
+                {
+                    "content": doc["content"],
+                    "metadata": {**doc["metadata"], "score": round(score, 4)},
+                }
             )
         return hits
 
@@ -229,6 +232,7 @@ class ExtractiveRAG:
         *,
         k: int = 4,
         max_sentences: int = 3,
+        min_share: float = 0.3,
         cite_sources: bool = True,
     ) -> None:
         if k < 1 or max_sentences < 1:
@@ -236,6 +240,7 @@ class ExtractiveRAG:
         self.retriever = retriever
         self.k = k
         self.max_sentences = max_sentences
+        self.min_share = min_share
         self.cite_sources = cite_sources
 
     def __repr__(self) -> str:
@@ -248,18 +253,30 @@ class ExtractiveRAG:
     def generate(self, query: str, context: Mapping[str, Any] | None = None) -> str:
         """An extractive answer (see the module docstring); `NO_INFORMATION` if none."""
         terms = set(tokenize(query))
-        candidates: list[tuple[float, int, int, str, str]] = []
-        for rank, doc in enumerate(self.retrieve(query)):
+        docs = self.retrieve(query)
+        if not docs:
+            return NO_INFORMATION
+        top = float(docs[0]["metadata"].get("score") or 1.0)
+        # (weight, rank, position, sentence, source) for every sentence of every retrieved doc
+        sentences: list[tuple[float, int, int, str, str]] = []
+        for rank, doc in enumerate(docs):
+            relevance = float(doc["metadata"].get("score") or top) / top
             source = str(doc["metadata"].get("source", f"doc-{rank}"))
             for position, sentence in enumerate(split_sentences(doc["content"])):
                 shared = terms.intersection(tokenize(sentence))
-                weight = sum(self.retriever.idf(t) for t in shared)
-                if weight > 0:
-                    candidates.append((weight, rank, position, sentence, source))
-        if not candidates:
+                weight = relevance * sum(self.retriever.idf(t) for t in shared)
+                sentences.append((weight, rank, position, sentence, source))
+        ranked = sorted((c for c in sentences if c[0] > 0), key=lambda c: (-c[0], c[1], c[2]))
+        if not ranked:
             return NO_INFORMATION
-        best = sorted(candidates, key=lambda c: (-c[0], c[1], c[2]))[: self.max_sentences]
-        chosen = sorted(best, key=lambda c: (c[1], c[2]))
+        floor = ranked[0][0] * self.min_share
+        chosen = [c for c in ranked if c[0] >= floor][: self.max_sentences]
+        if len(chosen) == 1 and self.max_sentences > 1:
+            # a lone sentence reads better with the one that follows it in its document
+            _, rank, position, _, _ = chosen[0]
+            follow = [c for c in sentences if c[1] == rank and c[2] == position + 1]
+            chosen += follow
+        chosen.sort(key=lambda c: (c[1], c[2]))
         answer = " ".join(c[3] for c in chosen)
         if self.cite_sources:
             sources = list(dict.fromkeys(c[4] for c in chosen))

