@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncGenerator, Generator
+from contextlib import aclosing
 from typing import Any
 
 import redis
@@ -24,6 +25,7 @@ from ._core import (
     replay_delay,
     status_from_check,
 )
+from ._fanout import Fanout
 from ._transport import AsyncTransport, SyncTransport, redacted
 
 __all__ = ["DEFAULT_REDIS_URL", "StreamingRAGClient"]
@@ -43,6 +45,12 @@ class StreamingRAGClient:
     both are created on first use from `redis_url` (default: `REDIS_URL`, else
     `redis://127.0.0.1:6379/0`), or passed ready-made as `sync_client` / `async_client`.
 
+    Async subscribers of one client share one reader connection (`fanout=True`): one XREAD
+    follows every watched stream and hands each event to every subscriber's buffer (at most
+    `fanout_buffer` events; a subscriber that falls further behind reads on its own until it
+    has caught up, so nothing is lost). `fanout=False` gives each async subscriber its own
+    blocking reads.
+
     Nobody waits forever: while a stream is quiet the client checks, every `poll_interval_s`,
     whether the job is still queued within `start_timeout` seconds and whether its worker's
     lease is alive; a dead worker or an unclaimed job ends the stream with an ERROR event
@@ -58,6 +66,8 @@ class StreamingRAGClient:
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         retention_s: float = 3600.0,
         poll_interval_s: float = 1.0,
+        fanout: bool = True,
+        fanout_buffer: int = 10_000,
         sync_client: redis.Redis | None = None,
         async_client: redis.asyncio.Redis | None = None,
     ) -> None:
@@ -78,6 +88,9 @@ class StreamingRAGClient:
         self._sync: SyncTransport | None = None
         self._async: AsyncTransport | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self.fanout = fanout
+        self.fanout_buffer = fanout_buffer
+        self._fanout: Fanout | None = None
         self._stats = StatsCounter()
 
     def __repr__(self) -> str:
@@ -105,6 +118,9 @@ class StreamingRAGClient:
             client = self._async_client or redis.asyncio.Redis.from_url(self.url)
             self._async = AsyncTransport(client, self.url, int(self.retention_s * 1000))
             self._async_loop = loop
+            self._fanout = Fanout(
+                self._async, poll_interval_s=self.poll_interval_s, buffer_size=self.fanout_buffer
+            )
         return self._async
 
     def _plan(self, query: Any, context: Any, job_id: str | None) -> SubmitPlan:
@@ -219,10 +235,21 @@ class StreamingRAGClient:
             raise DuplicateJob(plan.job_id)
         return plan.job_id
 
-    async def _afollow(self, keys: JobKeys, after: str | None) -> AsyncGenerator[StreamEvent, None]:
+    async def _afollow(
+        self, keys: JobKeys, after: str | None, *, known: bool = True
+    ) -> AsyncGenerator[StreamEvent, None]:
         t = self._async_transport()
-        f = Follower(keys, cursor=after or "0-0")
         self._stats.started()
+        if self.fanout:
+            assert self._fanout is not None
+            async with aclosing(self._fanout.follow(keys, after or "0-0", known=known)) as shared:
+                async for event in shared:
+                    self._stats.saw(event)
+                    yield event
+            return
+        if not known and await t.check(keys) == "missing":
+            raise JobNotFound(keys.job_id, keys.prefix)
+        f = Follower(keys, cursor=after or "0-0")
         while not f.done:
             block = None if f.final_seen else self._block_ms
             events = f.take(await t.read(keys, f.cursor, block))
@@ -236,12 +263,12 @@ class StreamingRAGClient:
     async def aevents(
         self, job_id: str, after: str | None = None
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Async `events`."""
+        """Async `events`. Subscribers in one client share one reader connection (see
+        `client._fanout`); `fanout=False` gives each its own blocking reads."""
         keys = self._keys(job_id)
-        if await self._async_transport().check(keys) == "missing":
-            raise JobNotFound(job_id, self.prefix)
-        async for event in self._afollow(keys, after):
-            yield event
+        async with aclosing(self._afollow(keys, after, known=False)) as events:
+            async for event in events:
+                yield event
 
     async def areplay(self, job_id: str, speed: float = 0.0) -> AsyncGenerator[StreamEvent, None]:
         """Async `replay`."""
@@ -286,6 +313,9 @@ class StreamingRAGClient:
 
     async def aclose(self) -> None:
         """Close the async connection pool (if this client created it) and the sync one."""
+        if self._fanout is not None:
+            await self._fanout.aclose()
+            self._fanout = None
         if self._async is not None and self._owns_async:
             await self._async.aclose()
         self._async = None

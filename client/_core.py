@@ -27,7 +27,15 @@ from wire import JobKeys, decode_entry, new_job_id, parse_request, validate_job_
 from wire.errors import JobNotFound
 from wire.models import arq_job_record
 
-__all__ = ["Follower", "JobStatus", "StatsCounter", "SubmitPlan", "replay_delay"]
+__all__ = [
+    "FINAL_STATUSES",
+    "Follower",
+    "JobStatus",
+    "StatsCounter",
+    "SubmitPlan",
+    "entry_id_key",
+    "replay_delay",
+]
 
 FINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
 
@@ -96,6 +104,12 @@ def check_keys(keys: JobKeys) -> list[str]:
 
 def cancel_keys(keys: JobKeys) -> list[str]:
     return [keys.meta, keys.events, keys.queue, keys.arq_job]
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id `"<ms>-<seq>"` as a tuple that orders like the stream."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def text(value: Any) -> str:

@@ -116,6 +116,15 @@ class AsyncTransport:
             )
             return text(verdict)
 
+    async def check_many(self, many: list[JobKeys]) -> list[str]:
+        """CHECK for several jobs in one round trip."""
+        async with _atranslated(self.url), self.client.pipeline(transaction=False) as pipe:
+            for keys in many:
+                await self._check(
+                    keys=check_keys(keys), args=[keys.arq_job_id, self.retention_ms], client=pipe
+                )
+            return [text(v) for v in await pipe.execute()]
+
     async def cancel(self, keys: JobKeys) -> str:
         async with _atranslated(self.url):
             args: list[str | int] = [

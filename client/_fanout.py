@@ -1,0 +1,302 @@
+"""`Fanout`: one reader per async client following every stream its subscribers watch.
+
+A web server with hundreds of SSE clients watching a few answers must not hold one blocking
+XREAD connection per watcher. Here one reader task, on one dedicated connection, blocks in a
+single XREAD over every watched stream, decodes each entry once, and hands the same immutable
+`StreamEvent` to every subscriber's in-process buffer.
+
+Exactly once, in order, from each subscriber's own cursor:
+
+1. A subscriber first catches up by itself (non-blocking reads from its cursor), then joins.
+2. Joining is synchronous (no await between reading the reader's cursor for the stream and
+   adding the subscriber), so every entry after the reader's cursor reaches the subscriber's
+   buffer. If the reader is ahead (it already delivered entries the subscriber has not seen),
+   the subscriber reads that gap itself before taking from its buffer; if the reader is behind,
+   buffered entries up to the subscriber's cursor are skipped.
+3. A new stream interrupts the blocked XREAD at once (CLIENT UNBLOCK from another connection).
+4. A slow subscriber never stalls the others: its buffer is bounded; on overflow it is dropped
+   from the fan-out, reads the rest from its cursor itself, and joins again.
+
+The reader also watches liveness: a stream with no new entry for `poll_interval_s` gets the
+CHECK script (one pipeline for all idle streams), which appends the worker-lost or queue
+ERROR when due, or reports the job missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from streaming_rag import StreamEvent
+from wire import JobKeys, decode_entry
+from wire.errors import JobNotFound
+
+from ._core import FINAL_STATUSES, entry_id_key, text
+from ._transport import READ_COUNT, AsyncTransport
+
+__all__ = ["Fanout"]
+
+logger = logging.getLogger("streaming_rag.client")
+
+_OVERFLOW = object()
+_MISSING = object()
+
+
+class _Raise:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Subscriber:
+    __slots__ = ("buffer", "keys", "limit", "skip_to", "waiter")
+
+    def __init__(self, keys: JobKeys, limit: int) -> None:
+        self.keys = keys
+        self.buffer: deque[Any] = deque()
+        self.limit = limit
+        self.waiter: asyncio.Future[None] | None = None
+        self.skip_to: tuple[int, int] | None = None
+
+    def push(self, item: Any) -> bool:
+        """Buffer `item`; False when the buffer is full (the subscriber must catch up)."""
+        if len(self.buffer) >= self.limit:
+            self.buffer.append(_OVERFLOW)
+            self._wake()
+            return False
+        self.buffer.append(item)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> Any:
+        while not self.buffer:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.buffer.popleft()
+
+
+class Fanout:
+    """The shared reader of one async client (one event loop)."""
+
+    def __init__(
+        self, transport: AsyncTransport, *, poll_interval_s: float, buffer_size: int = 10_000
+    ) -> None:
+        self._t = transport
+        self._poll_s = poll_interval_s
+        self._buffer_size = buffer_size
+        self._subs: dict[str, set[_Subscriber]] = {}
+        self._cursors: dict[str, str] = {}
+        self._keys: dict[str, JobKeys] = {}
+        self._last_seen: dict[str, float] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        self._conn_id: int | None = None
+        self._blocked = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- subscriber side ----------------------------------------------------------------------
+    async def follow(
+        self, keys: JobKeys, cursor: str, *, known: bool = False
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Every event after `cursor` until the terminal one. `known`: the job is known to
+        exist (skips the first existence check when nothing is there yet)."""
+        t = self._t
+        final = False
+        while True:
+            # 1. catch up by ourselves
+            while True:
+                events, done = self._decode(keys, await t.read(keys, cursor, None))
+                for event in events:
+                    cursor = event.id or cursor
+                    yield event
+                if done:
+                    return
+                if len(events) < READ_COUNT:
+                    break
+            if final:
+                return  # the job ended at or before our cursor
+            if not known:
+                verdict = await t.check(keys)
+                if verdict == "missing":
+                    raise JobNotFound(keys.job_id, keys.prefix)
+                known = True
+                if verdict in FINAL_STATUSES or verdict in ("lost", "withdrawn"):
+                    final = True  # its terminal entry exists: one more read decides
+                    continue
+            # 2. join the fan-out and read the gap, if the reader is ahead of us
+            sub = self._join(keys, cursor)
+            try:
+                ahead = self._cursors[keys.events]
+                if entry_id_key(ahead) > entry_id_key(cursor):
+                    gap = await t.client.xrange(keys.events, f"({cursor}", ahead)
+                    events, done = self._decode(keys, gap)
+                    for event in events:
+                        cursor = event.id or cursor
+                        yield event
+                    if done:
+                        return
+                sub.skip_to = entry_id_key(cursor)
+                # 3. live
+                while True:
+                    item = await sub.take()
+                    if item is _OVERFLOW:
+                        break  # dropped from the fan-out: catch up by ourselves, rejoin
+                    if item is _MISSING:
+                        raise JobNotFound(keys.job_id, keys.prefix)
+                    if type(item) is _Raise:
+                        raise item.exc
+                    live: StreamEvent = item
+                    if sub.skip_to is not None:
+                        if entry_id_key(live.id or "0-0") <= sub.skip_to:
+                            continue
+                        sub.skip_to = None
+                    cursor = live.id or cursor
+                    yield live
+                    if live.is_terminal:
+                        return
+            finally:
+                self._leave(sub)
+
+    def _decode(self, keys: JobKeys, response: Any) -> tuple[list[StreamEvent], bool]:
+        entries = response[0][1] if response and isinstance(response[0][1], list) else response
+        out: list[StreamEvent] = []
+
+        for entry_id, fields in entries or ():
+            event = decode_entry(keys.job_id, entry_id, fields)
+            out.append(event)
+            if event.is_terminal:
+                return out, True
+        return out, False
+
+    def _join(self, keys: JobKeys, cursor: str) -> _Subscriber:
+        sub = _Subscriber(keys, self._buffer_size)
+        stream = keys.events
+        subs = self._subs.get(stream)
+        if subs is None:
+            self._subs[stream] = {sub}
+            self._cursors[stream] = cursor
+            self._keys[stream] = keys
+            self._last_seen[stream] = asyncio.get_running_loop().time()
+            self._kick()
+        else:
+            subs.add(sub)
+        return sub
+
+    def _leave(self, sub: _Subscriber) -> None:
+        stream = sub.keys.events
+        subs = self._subs.get(stream)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[stream]
+            self._cursors.pop(stream, None)
+            self._keys.pop(stream, None)
+            self._last_seen.pop(stream, None)
+
+    def _kick(self) -> None:
+        """Start the reader, or make it re-issue its XREAD with the new stream now."""
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._run(), name="streaming-rag-fanout")
+        elif self._blocked and self._conn_id is not None:
+            task = asyncio.create_task(self._unblock())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _unblock(self) -> None:
+        conn_id = self._conn_id
+        if conn_id is not None:
+            with contextlib.suppress(Exception):
+                await self._t.client.client_unblock(conn_id)
+
+    async def aclose(self) -> None:
+        """Stop the reader (subscribers still iterating read on their own)."""
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    # -- the reader -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        block_ms = max(1, int(self._poll_s * 1000))
+        self._conn = self._t.client.client()  # one dedicated connection for the blocking read
+        try:
+            self._conn_id = int(await self._conn.client_id())
+            while self._subs:
+                streams = dict(self._cursors)
+                self._blocked = True
+                try:
+                    response = await self._conn.xread(streams, count=READ_COUNT, block=block_ms)
+                finally:
+                    self._blocked = False
+                now = loop.time()
+                for stream, entries in response or ():
+                    name = text(stream)
+                    self._deliver(name, entries, now)
+                await self._check_idle(now)
+        except Exception as exc:  # the connection failed: every subscriber catches up alone
+            logger.warning("fan-out reader stopped (%s); subscribers read on their own", exc)
+            for subs in self._subs.values():
+                for sub in list(subs):
+                    sub.push(_OVERFLOW)
+            self._subs.clear()
+            self._cursors.clear()
+        finally:
+            conn, self._conn, self._conn_id = self._conn, None, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.aclose()
+            if self._subs:  # someone joined while this reader was leaving: start another
+                self._reader = asyncio.create_task(self._run(), name="streaming-rag-fanout")
+
+    def _deliver(self, stream: str, entries: list[Any], now: float) -> None:
+        subs = self._subs.get(stream)
+        if not subs or not entries:
+            return
+        keys = self._keys[stream]
+        self._last_seen[stream] = now
+        for entry_id, fields in entries:
+            try:
+                event = decode_entry(keys.job_id, entry_id, fields)
+            except Exception as exc:  # handed to each subscriber, raised in its iteration
+                for sub in list(subs):
+                    sub.push(_Raise(exc))
+                continue
+            self._cursors[stream] = event.id or self._cursors[stream]
+            for sub in list(subs):
+                if not sub.push(event):
+                    subs.discard(sub)  # overflowed: it catches up by itself and rejoins
+        if not subs:
+            self._leave_stream(stream)
+
+    def _leave_stream(self, stream: str) -> None:
+        self._subs.pop(stream, None)
+        self._cursors.pop(stream, None)
+        self._keys.pop(stream, None)
+        self._last_seen.pop(stream, None)
+
+    async def _check_idle(self, now: float) -> None:
+        idle = [s for s, seen in self._last_seen.items() if now - seen >= self._poll_s]
+        if not idle:
+            return
+        verdicts = await self._t.check_many([self._keys[s] for s in idle])
+        for stream, verdict in zip(idle, verdicts, strict=True):
+            self._last_seen[stream] = now
+            if verdict == "missing":
+                for sub in list(self._subs.get(stream, ())):
+                    sub.push(_MISSING)
