@@ -8,6 +8,13 @@ import sys
 BENCHMARKS = {
     "overhead": ("bench.overhead", "per-chunk cost of the streaming surfaces (default)"),
     "pickup": ("bench.pickup", "submit -> job start, ours vs stock arq"),
+    "peers": ("bench.peers", "submit -> job start: taskiq-redis, SAQ, Celery, RQ vs ours"),
+    "fanout": ("bench.fanout", "lag and CPU with 1..1,000 subscribers of one job"),
+    "ttft": ("bench.ttft", "submit -> first CHUNK at a subscriber, vs in-process"),
+    "publish": ("bench.publish", "events/s one worker publishes, vs raw redis-py XADD"),
+    "replay": ("bench.replay", "events/s reading a finished 10,000-event trace"),
+    "memory": ("bench.memory", "Redis bytes per event / per job, worker RSS over 10,000 jobs"),
+    "all": ("bench.run_all", "every benchmark in sequence (--json: one document)"),
 }
 DEFAULT = "overhead"
 

@@ -95,3 +95,18 @@ def percentiles(values: list[float]) -> dict[str, float]:
         "mean": statistics.fmean(ordered),
         "n": float(len(ordered)),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds a process (all its threads) has run so far, to the nanosecond
+    (`/proc/<pid>/schedstat`; `/proc/<pid>/stat` counts only 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def server_cpu_seconds(url: str) -> float:
+    """The server's own user + system CPU seconds (INFO cpu)."""
+    info: dict[str, Any] = redis.Redis.from_url(url).info("cpu")  # type: ignore[assignment]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

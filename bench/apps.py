@@ -18,17 +18,62 @@ class StampBackend:
 class InstantLLM:
     """Yields `tokens` tokens without waiting (parsed from the prompt's query: `tokens=N`)."""
 
-    def __init__(self, tokens: int = 1) -> None:
+    def __init__(self, tokens: int = 1, text: str = "token ") -> None:
         self.tokens = tokens
+        self.text = text
 
     async def astream(self, prompt: str) -> AsyncIterator[str]:
         n = self.tokens
         marker = prompt.rfind("tokens=")
         if marker >= 0:
             n = int(prompt[marker + 7 :].split()[0].strip(".:"))
+        text = self.text
         for _ in range(n):
-            yield "token "
+            yield text
 
 
 def stamp_app() -> StreamingRAG:
     return StreamingRAG(StampBackend(), InstantLLM(1), StreamConfig())
+
+
+class InstantBackend:
+    """`retrieve` returns one small doc at once."""
+
+    async def retrieve(self, query: str) -> list[dict[str, str]]:
+        return [{"content": "instant"}]
+
+
+def instant_app() -> StreamingRAG:
+    """Instant retrieval and LLM: `tokens=N` in the query sets the answer's length (1)."""
+    return StreamingRAG(InstantBackend(), InstantLLM(1), StreamConfig())
+
+
+CHUNK_40B = "x" * 39 + " "
+
+
+def chunk40_app() -> StreamingRAG:
+    """Like `instant_app`, each token a 40-byte string (the memory benchmark's chunk)."""
+    return StreamingRAG(InstantBackend(), InstantLLM(1, CHUNK_40B), StreamConfig())
+
+
+class PacedLLM:
+    """Waits `lead_s` (time for subscribers to attach), then yields `tokens` tokens
+    `interval_s` apart; each token is the `time.time()` at which it was produced, so a
+    subscriber can measure produce → receive lag."""
+
+    def __init__(self, tokens: int = 100, interval_s: float = 0.02, lead_s: float = 1.0) -> None:
+        self.tokens = tokens
+        self.interval_s = interval_s
+        self.lead_s = lead_s
+
+    async def astream(self, prompt: str) -> AsyncIterator[str]:
+        import asyncio
+
+        await asyncio.sleep(self.lead_s)
+        for _ in range(self.tokens):
+            await asyncio.sleep(self.interval_s)
+            yield f"{time.time():.6f} "
+
+
+def paced_app() -> StreamingRAG:
+    return StreamingRAG(StampBackend(), PacedLLM(), StreamConfig())

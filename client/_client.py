@@ -155,9 +155,8 @@ class StreamingRAGClient:
         while not f.done:
             events = f.take(t.read(keys, f.cursor, None if f.final_seen else self._block_ms))
             if events:
-                for event in events:
-                    self._stats.saw(event)
-                    yield event
+                self._stats.saw_page(events)
+                yield from events
             else:
                 f.on_idle(t.check(keys))
 
@@ -235,40 +234,38 @@ class StreamingRAGClient:
             raise DuplicateJob(plan.job_id)
         return plan.job_id
 
-    async def _afollow(
+    def _afollow(
         self, keys: JobKeys, after: str | None, *, known: bool = True
     ) -> AsyncGenerator[StreamEvent, None]:
-        t = self._async_transport()
-        self._stats.started()
+        transport = self._async_transport()
         if self.fanout:
             assert self._fanout is not None
-            async with aclosing(self._fanout.follow(keys, after or "0-0", known=known)) as shared:
-                async for event in shared:
-                    self._stats.saw(event)
-                    yield event
-            return
+            return self._fanout.follow(keys, after or "0-0", self._stats, known=known)
+        return self._afollow_alone(transport, keys, after, known)
+
+    async def _afollow_alone(
+        self, t: AsyncTransport, keys: JobKeys, after: str | None, known: bool
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Follow with this subscriber's own blocking reads (`fanout=False`)."""
         if not known and await t.check(keys) == "missing":
             raise JobNotFound(keys.job_id, keys.prefix)
+        self._stats.started()
         f = Follower(keys, cursor=after or "0-0")
         while not f.done:
             block = None if f.final_seen else self._block_ms
             events = f.take(await t.read(keys, f.cursor, block))
             if events:
+                self._stats.saw_page(events)
                 for event in events:
-                    self._stats.saw(event)
                     yield event
             else:
                 f.on_idle(await t.check(keys))
 
-    async def aevents(
-        self, job_id: str, after: str | None = None
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Async `events`. Subscribers in one client share one reader connection (see
-        `client._fanout`); `fanout=False` gives each its own blocking reads."""
-        keys = self._keys(job_id)
-        async with aclosing(self._afollow(keys, after, known=False)) as events:
-            async for event in events:
-                yield event
+    def aevents(self, job_id: str, after: str | None = None) -> AsyncGenerator[StreamEvent, None]:
+        """Async `events` (call it inside the event loop that iterates it). Subscribers in one
+        client share one reader connection (see `client._fanout`); `fanout=False` gives each
+        its own blocking reads."""
+        return self._afollow(self._keys(job_id), after, known=False)
 
     async def areplay(self, job_id: str, speed: float = 0.0) -> AsyncGenerator[StreamEvent, None]:
         """Async `replay`."""
@@ -284,8 +281,9 @@ class StreamingRAGClient:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Async `stream_events`."""
         job_id = await self.asubmit(query, context)
-        async for event in self._afollow(self._keys(job_id), None):
-            yield event
+        async with aclosing(self._afollow(self._keys(job_id), None)) as events:
+            async for event in events:
+                yield event
 
     async def astream(
         self, query: str, context: dict[str, Any] | None = None

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from streaming_rag import EventType, StreamEvent
-from wire import JobKeys, decode_entry, new_job_id, parse_request, validate_job_id
+from wire import JobKeys, decode_entries, new_job_id, parse_request, validate_job_id
 from wire.errors import JobNotFound
 from wire.models import arq_job_record
 
@@ -106,6 +106,17 @@ def cancel_keys(keys: JobKeys) -> list[str]:
     return [keys.meta, keys.events, keys.queue, keys.arq_job]
 
 
+def stream_entries(response: Any) -> Any:
+    """The entries of a single-stream raw XREAD reply (RESP2 list or RESP3 map), or raw
+    XRANGE entries as they are."""
+    if isinstance(response, dict):  # RESP3 XREAD: {stream: entries}
+        return next(iter(response.values()), [])
+    first = response[0]
+    if len(first) == 2 and first[1] and isinstance(first[1][0], list | tuple):
+        return first[1]  # XREAD: [[stream, [[id, fields], ...]]]
+    return response
+
+
 def entry_id_key(entry_id: str) -> tuple[int, int]:
     """A stream entry id `"<ms>-<seq>"` as a tuple that orders like the stream."""
     ms, _, seq = entry_id.partition("-")
@@ -131,26 +142,16 @@ class Follower:
         return self.keys.job_id
 
     def take(self, response: Any) -> list[StreamEvent]:
-        """Decode an XREAD/XRANGE response for this job; stops after the terminal event."""
-        out: list[StreamEvent] = []
+        """Decode a raw XREAD response (or raw XRANGE entries) for this job; stops after
+        the terminal event."""
         if not response:
-            return out
-        entries = response
-        if isinstance(response, list) and response and isinstance(response[0], list | tuple):
-            first = response[0]
-            if len(first) == 2 and isinstance(first[1], list):  # XREAD: [[stream, entries]]
-                entries = first[1]
-        elif isinstance(response, dict):  # RESP3 XREAD
-            entries = next(iter(response.values()))[0] if response else []
-        for entry_id, fields in entries:
-            event = decode_entry(self.job_id, entry_id, fields)
-            self.cursor = event.id or self.cursor
-            self.seen += 1
-            out.append(event)
-            if event.is_terminal:
-                self.done = True
-                break
-        return out
+            return []
+        events: list[StreamEvent] = decode_entries(self.job_id, stream_entries(response))
+        if events:
+            self.cursor = events[-1].id or self.cursor
+            self.seen += len(events)
+            self.done = events[-1].is_terminal
+        return events
 
     def on_idle(self, verdict: str) -> None:
         """Digest a CHECK verdict after a read that returned nothing."""
@@ -176,6 +177,22 @@ class StatsCounter:
     def started(self) -> None:
         with self._lock:
             self.streams += 1
+
+    def add_chunks(self, n: int) -> None:
+        """Count `n` chunks at once (followers count locally and add when they end)."""
+        if n:
+            with self._lock:
+                self.chunks += n
+
+    def saw_page(self, events: list[StreamEvent]) -> None:
+        """Count a page of events: chunks in one locked addition, others one by one."""
+        chunks = 0
+        for event in events:
+            if event.type is EventType.CHUNK:
+                chunks += 1
+            else:
+                self.saw(event)
+        self.add_chunks(chunks)
 
     def saw(self, event: StreamEvent) -> None:
         t = event.type

@@ -31,18 +31,20 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from streaming_rag import StreamEvent
-from wire import JobKeys, decode_entry
+from streaming_rag import EventType, StreamEvent
+from wire import JobKeys, decode_entries
+from wire.codec import decode_raw_entry
 from wire.errors import JobNotFound
 
-from ._core import FINAL_STATUSES, entry_id_key, text
-from ._transport import READ_COUNT, AsyncTransport
+from ._core import FINAL_STATUSES, StatsCounter, entry_id_key, stream_entries, text
+from ._transport import READ_COUNT, AsyncTransport, raw_view
 
 __all__ = ["Fanout"]
 
 logger = logging.getLogger("streaming_rag.client")
 
 _OVERFLOW = object()
+_CHUNK = EventType.CHUNK
 _MISSING = object()
 
 
@@ -54,38 +56,26 @@ class _Raise:
 
 
 class _Subscriber:
-    __slots__ = ("buffer", "keys", "limit", "skip_to", "waiter")
+    """One follower's bounded buffer; the reader pushes, the follower's task pops."""
+
+    __slots__ = ("buffer", "keys", "limit", "loop", "skip_to", "waiter")
 
     def __init__(self, keys: JobKeys, limit: int) -> None:
         self.keys = keys
         self.buffer: deque[Any] = deque()
         self.limit = limit
+        self.loop = asyncio.get_running_loop()
         self.waiter: asyncio.Future[None] | None = None
         self.skip_to: tuple[int, int] | None = None
 
     def push(self, item: Any) -> bool:
         """Buffer `item`; False when the buffer is full (the subscriber must catch up)."""
-        if len(self.buffer) >= self.limit:
-            self.buffer.append(_OVERFLOW)
-            self._wake()
-            return False
-        self.buffer.append(item)
-        self._wake()
-        return True
-
-    def _wake(self) -> None:
+        full = len(self.buffer) >= self.limit
+        self.buffer.append(_OVERFLOW if full else item)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    async def take(self) -> Any:
-        while not self.buffer:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        return self.buffer.popleft()
+        return not full
 
 
 class Fanout:
@@ -109,77 +99,92 @@ class Fanout:
 
     # -- subscriber side ----------------------------------------------------------------------
     async def follow(
-        self, keys: JobKeys, cursor: str, *, known: bool = False
+        self, keys: JobKeys, cursor: str, stats: StatsCounter, *, known: bool = False
     ) -> AsyncGenerator[StreamEvent, None]:
-        """Every event after `cursor` until the terminal one. `known`: the job is known to
-        exist (skips the first existence check when nothing is there yet)."""
-        t = self._t
-        final = False
-        while True:
-            # 1. catch up by ourselves
+        """Every event after `cursor` until the terminal one, counted into `stats`. `known`:
+        the job is known to exist (skips the existence check when nothing is there yet)."""
+        stats.started()
+        saw = stats.saw
+        chunks = 0  # counted here, added to stats once at the end: no lock per event
+        try:
+            t = self._t
+            final = False
             while True:
-                events, done = self._decode(keys, await t.read(keys, cursor, None))
-                for event in events:
-                    cursor = event.id or cursor
-                    yield event
-                if done:
-                    return
-                if len(events) < READ_COUNT:
-                    break
-            if final:
-                return  # the job ended at or before our cursor
-            if not known:
-                verdict = await t.check(keys)
-                if verdict == "missing":
-                    raise JobNotFound(keys.job_id, keys.prefix)
-                known = True
-                if verdict in FINAL_STATUSES or verdict in ("lost", "withdrawn"):
-                    final = True  # its terminal entry exists: one more read decides
-                    continue
-            # 2. join the fan-out and read the gap, if the reader is ahead of us
-            sub = self._join(keys, cursor)
-            try:
-                ahead = self._cursors[keys.events]
-                if entry_id_key(ahead) > entry_id_key(cursor):
-                    gap = await t.client.xrange(keys.events, f"({cursor}", ahead)
-                    events, done = self._decode(keys, gap)
+                # 1. catch up by ourselves
+                while True:
+                    events, done = self._decode(keys, await t.read(keys, cursor, None))
+                    stats.saw_page(events)
                     for event in events:
                         cursor = event.id or cursor
                         yield event
                     if done:
                         return
-                sub.skip_to = entry_id_key(cursor)
-                # 3. live
-                while True:
-                    item = await sub.take()
-                    if item is _OVERFLOW:
-                        break  # dropped from the fan-out: catch up by ourselves, rejoin
-                    if item is _MISSING:
+                    if len(events) < READ_COUNT:
+                        break
+                if final:
+                    return  # the job ended at or before our cursor
+                if not known:
+                    verdict = await t.check(keys)
+                    if verdict == "missing":
                         raise JobNotFound(keys.job_id, keys.prefix)
-                    if type(item) is _Raise:
-                        raise item.exc
-                    live: StreamEvent = item
-                    if sub.skip_to is not None:
-                        if entry_id_key(live.id or "0-0") <= sub.skip_to:
+                    known = True
+                    if verdict in FINAL_STATUSES or verdict in ("lost", "withdrawn"):
+                        final = True  # its terminal entry exists: one more read decides
+                        continue
+                # 2. join the fan-out and read the gap, if the reader is ahead of us
+                sub = self._join(keys, cursor)
+                try:
+                    ahead = self._cursors[keys.events]
+                    if entry_id_key(ahead) > entry_id_key(cursor):
+                        gap = await t.range_after(keys, cursor, ahead)
+                        events, done = self._decode(keys, gap)
+                        stats.saw_page(events)
+                        for event in events:
+                            cursor = event.id or cursor
+                            yield event
+                        if done:
+                            return
+                    sub.skip_to = entry_id_key(cursor)
+                    # 3. live (the hot loop: one iteration per event per subscriber)
+                    buffer = sub.buffer
+                    while True:
+                        if not buffer:
+                            sub.waiter = sub.loop.create_future()
+                            try:
+                                await sub.waiter
+                            finally:
+                                sub.waiter = None
                             continue
-                        sub.skip_to = None
-                    cursor = live.id or cursor
-                    yield live
-                    if live.is_terminal:
-                        return
-            finally:
-                self._leave(sub)
+                        item = buffer.popleft()
+                        if item is _OVERFLOW:
+                            break  # dropped from the fan-out: catch up by ourselves, rejoin
+                        if item is _MISSING:
+                            raise JobNotFound(keys.job_id, keys.prefix)
+                        if type(item) is _Raise:
+                            raise item.exc
+                        live: StreamEvent = item
+                        if sub.skip_to is not None:
+                            if entry_id_key(live.id or "0-0") <= sub.skip_to:
+                                continue
+                            sub.skip_to = None
+                        cursor = live.id or cursor
+                        if live.type is _CHUNK:
+                            chunks += 1
+                        else:
+                            saw(live)
+                        yield live
+                        if live.is_terminal:
+                            return
+                finally:
+                    self._leave(sub)
+        finally:
+            stats.add_chunks(chunks)
 
     def _decode(self, keys: JobKeys, response: Any) -> tuple[list[StreamEvent], bool]:
-        entries = response[0][1] if response and isinstance(response[0][1], list) else response
-        out: list[StreamEvent] = []
-
-        for entry_id, fields in entries or ():
-            event = decode_entry(keys.job_id, entry_id, fields)
-            out.append(event)
-            if event.is_terminal:
-                return out, True
-        return out, False
+        if not response:
+            return [], False
+        events = decode_entries(keys.job_id, stream_entries(response))
+        return events, bool(events) and events[-1].is_terminal
 
     def _join(self, keys: JobKeys, cursor: str) -> _Subscriber:
         sub = _Subscriber(keys, self._buffer_size)
@@ -234,7 +239,7 @@ class Fanout:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         block_ms = max(1, int(self._poll_s * 1000))
-        self._conn = self._t.client.client()  # one dedicated connection for the blocking read
+        self._conn = raw_view(self._t.client, single_connection=True)  # its own connection
         try:
             self._conn_id = int(await self._conn.client_id())
             while self._subs:
@@ -245,7 +250,8 @@ class Fanout:
                 finally:
                     self._blocked = False
                 now = loop.time()
-                for stream, entries in response or ():
+                pairs = response.items() if isinstance(response, dict) else response or ()
+                for stream, entries in pairs:
                     name = text(stream)
                     self._deliver(name, entries, now)
                 await self._check_idle(now)
@@ -270,15 +276,19 @@ class Fanout:
             return
         keys = self._keys[stream]
         self._last_seen[stream] = now
-        for entry_id, fields in entries:
-            try:
-                event = decode_entry(keys.job_id, entry_id, fields)
-            except Exception as exc:  # handed to each subscriber, raised in its iteration
-                for sub in list(subs):
-                    sub.push(_Raise(exc))
-                continue
-            self._cursors[stream] = event.id or self._cursors[stream]
-            for sub in list(subs):
+        try:
+            events: list[Any] = decode_entries(keys.job_id, entries)
+        except Exception:  # a corrupt entry: decode one by one, hand its error on
+            events = []
+            for entry_id, fields in entries:
+                try:
+                    events.append(decode_raw_entry(keys.job_id, entry_id, fields))
+                except Exception as exc:  # raised in each subscriber's iteration
+                    events.append(_Raise(exc))
+        for event in events:
+            if type(event) is not _Raise:
+                self._cursors[stream] = event.id
+            for sub in tuple(subs):
                 if not sub.push(event):
                     subs.discard(sub)  # overflowed: it catches up by itself and rejoins
         if not subs:

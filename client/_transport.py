@@ -19,7 +19,7 @@ from wire.scripts import CANCEL, CHECK, SUBMIT
 
 from ._core import SubmitPlan, cancel_keys, check_keys, text
 
-__all__ = ["AsyncTransport", "SyncTransport", "redacted"]
+__all__ = ["AsyncTransport", "SyncTransport", "raw_view", "redacted"]
 
 READ_COUNT = 1000
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -33,6 +33,22 @@ def redacted(url: str) -> str:
         return url
     user = creds.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    return response
+
+
+def raw_view(client: Any, *, single_connection: bool = False) -> Any:
+    """A client on the same connection pool whose XREAD/XRANGE replies skip redis-py's
+    parsing (a dict built per entry): the wire codec decodes the raw entries itself. The
+    caller's own client object is left untouched. `single_connection`: hold one connection
+    of the pool for this view (for a blocking reader)."""
+    kind = type(client)
+    view = kind(connection_pool=client.connection_pool, single_connection_client=single_connection)
+    for command in ("XREAD", "XRANGE"):
+        view.set_response_callback(command, _raw)
+    return view
 
 
 @contextlib.contextmanager
@@ -56,6 +72,7 @@ class SyncTransport:
 
     def __init__(self, client: redis.Redis, url: str, retention_ms: int) -> None:
         self.client = client
+        self.raw = raw_view(client)
         self.url = url
         self.retention_ms = retention_ms
         self._submit = client.register_script(SUBMIT)
@@ -67,8 +84,9 @@ class SyncTransport:
             return bool(self._submit(keys=plan.script_keys, args=plan.args))
 
     def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+        """Raw XREAD reply (see `raw_view`)."""
         with _translated(self.url):
-            return self.client.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+            return self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
 
     def check(self, keys: JobKeys) -> str:
         with _translated(self.url):
@@ -95,6 +113,7 @@ class AsyncTransport:
 
     def __init__(self, client: redis.asyncio.Redis, url: str, retention_ms: int) -> None:
         self.client = client
+        self.raw = raw_view(client)
         self.url = url
         self.retention_ms = retention_ms
         self._submit = client.register_script(SUBMIT)
@@ -106,8 +125,14 @@ class AsyncTransport:
             return bool(await self._submit(keys=plan.script_keys, args=plan.args))
 
     async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+        """Raw XREAD reply (see `raw_view`)."""
         async with _atranslated(self.url):
-            return await self.client.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+            return await self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+
+    async def range_after(self, keys: JobKeys, after: str, last: str) -> Any:
+        """Raw XRANGE entries in (after, last]."""
+        async with _atranslated(self.url):
+            return await self.raw.xrange(keys.events, f"({after}", last)
 
     async def check(self, keys: JobKeys) -> str:
         async with _atranslated(self.url):

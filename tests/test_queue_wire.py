@@ -123,3 +123,20 @@ def test_invalid_requests_are_refused_with_a_clear_message(query, context, messa
 def test_bad_job_ids_are_refused(job_id):
     with pytest.raises(InvalidRequest, match="job_id must be"):
         validate_job_id(job_id)
+
+
+def test_a_corrupt_entry_inside_a_page_is_named_and_the_rest_decode():
+    from wire import decode_entries
+
+    good = encode_event(EventType.CHUNK, "ok ", 0.5)
+    done = encode_event(EventType.GENERATION_DONE, {"total_latency": 1.0}, 1.0)
+    page = [[b"1-0", [b"e", good]], [b"2-0", [b"e", b"\xc1"]], [b"3-0", [b"e", good]]]
+    with pytest.raises(EventDecodeError) as info:
+        decode_entries("job7", page)
+    assert info.value.entry_id == "2-0"
+    events = decode_entries("job7", [page[0], [b"4-0", [b"e", done]], page[2]])
+    assert [(e.type, e.id) for e in events] == [
+        (EventType.CHUNK, "1-0"),
+        (EventType.GENERATION_DONE, "4-0"),
+    ]  # stops after the terminal event
+    assert events[0] == StreamEvent(EventType.CHUNK, "ok ", 0.5, "1-0")

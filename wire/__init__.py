@@ -1,7 +1,15 @@
 """The wire layer shared by `worker` and `client`: key layout, msgpack codec, job payload
 model, Lua scripts and the queue exceptions. No I/O happens here."""
 
-from .codec import decode_entry, decode_event, encode_event, pack_job, unpack_job
+from .codec import (
+    decode_entries,
+    decode_entry,
+    decode_event,
+    decode_raw_entry,
+    encode_event,
+    pack_job,
+    unpack_job,
+)
 from .errors import (
     DuplicateJob,
     EventDecodeError,
@@ -24,8 +32,10 @@ __all__ = [
     "JobRequest",
     "QueueError",
     "ServerUnavailable",
+    "decode_entries",
     "decode_entry",
     "decode_event",
+    "decode_raw_entry",
     "encode_event",
     "new_job_id",
     "pack_job",

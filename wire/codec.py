@@ -17,12 +17,15 @@ from typing import Any
 import msgpack
 
 from streaming_rag import EventType, StreamEvent
+from streaming_rag._events import TERMINAL_EVENT_TYPES
 
 from .errors import EventDecodeError
 
 __all__ = [
     "FIELD",
     "WIRE_VERSION",
+    "decode_entries",
+    "decode_raw_entry",
     "decode_entry",
     "decode_event",
     "encode_event",
@@ -33,6 +36,14 @@ __all__ = [
 WIRE_VERSION = 1
 FIELD = b"e"
 _TYPES = {t.value: t for t in EventType}
+_CHUNK = EventType.CHUNK
+_unpackb = msgpack.unpackb
+_new = object.__new__
+_slots = StreamEvent.__dict__
+_set_type = _slots["type"].__set__
+_set_data = _slots["data"].__set__
+_set_latency = _slots["latency"].__set__
+_set_id = _slots["id"].__set__
 
 
 def _lenient(obj: Any) -> Any:
@@ -54,9 +65,25 @@ def encode_event(type_: EventType | str, data: Any, latency: float) -> bytes:
 def decode_event(job_id: str, entry_id: str, payload: bytes) -> StreamEvent:
     """Decode one entry's ``e`` field into a `StreamEvent` whose `id` is `entry_id`."""
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        obj = _unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
         raise EventDecodeError(job_id, entry_id, f"not valid msgpack ({exc})") from None
+    # Fast path for the common case, a well-formed chunk (the worker wrote its latency
+    # already rounded); everything else takes the full checks below.
+    if (
+        type(obj) is dict
+        and len(obj) == 4
+        and obj.get("t") == "chunk"
+        and obj.get("v") == WIRE_VERSION
+        and type(obj.get("d")) is str
+        and type(obj.get("l")) is float
+    ):
+        event = _new(StreamEvent)
+        _set_type(event, _CHUNK)
+        _set_data(event, obj["d"])
+        _set_latency(event, obj["l"])
+        _set_id(event, entry_id)
+        return event
     if not isinstance(obj, dict):
         raise EventDecodeError(job_id, entry_id, f"expected a map, got {type(obj).__name__}")
     missing = [k for k in ("v", "t", "d", "l") if k not in obj]
@@ -75,6 +102,61 @@ def decode_event(job_id: str, entry_id: str, payload: bytes) -> StreamEvent:
     if isinstance(latency, bool) or not isinstance(latency, int | float):
         raise EventDecodeError(job_id, entry_id, f"latency must be a number, got {latency!r}")
     return StreamEvent(type_, data, round(float(latency), 4), entry_id)
+
+
+def decode_entries(job_id: str, entries: Any) -> list[StreamEvent]:
+    """Decode raw XRANGE/XREAD entries ``[[id, [b"e", payload]], ...]`` (no redis-py
+    response callback applied); stops after a terminal event.
+
+    The hot path of every reader: the page's payloads are unpacked in one streaming pass and
+    well-formed chunks are built without per-entry calls. Anything unusual (a corrupt entry,
+    another field layout, a non-chunk event) goes through `decode_raw_entry`, which checks
+    everything and names the entry in its error.
+    """
+    objs: list[Any] | None = None
+    if all(len(f) == 2 and f[0] == FIELD for _, f in entries):
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(b"".join(f[1] for _, f in entries))
+        try:
+            objs = list(unpacker)
+        except Exception:
+            objs = None  # a corrupt entry: decode one by one to find and name it
+        if objs is not None and len(objs) != len(entries):
+            objs = None
+    out: list[StreamEvent] = []
+    append = out.append
+    for index, (entry_id, fields) in enumerate(entries):
+        obj = objs[index] if objs is not None else None
+        if (
+            type(obj) is dict
+            and obj.get("t") == "chunk"
+            and obj.get("v") == WIRE_VERSION
+            and type(obj.get("d")) is str
+            and type(obj.get("l")) is float
+            and len(obj) == 4
+        ):
+            event = _new(StreamEvent)
+            _set_type(event, _CHUNK)
+            _set_data(event, obj["d"])
+            _set_latency(event, obj["l"])
+            _set_id(event, entry_id.decode() if type(entry_id) is bytes else entry_id)
+            append(event)
+            continue
+        event = decode_raw_entry(job_id, entry_id, fields)
+        append(event)
+        if event.type in TERMINAL_EVENT_TYPES:
+            break
+    return out
+
+
+def decode_raw_entry(job_id: str, entry_id: bytes | str, fields: Any) -> StreamEvent:
+    """Decode one raw entry: its id and its flat field list ``[b"e", payload]``."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    if len(fields) == 2 and fields[0] == FIELD:
+        return decode_event(job_id, eid, fields[1])
+    if len(fields) % 2:
+        raise EventDecodeError(job_id, eid, "entry fields are not name/value pairs")
+    return decode_entry(job_id, eid, dict(zip(fields[::2], fields[1::2], strict=True)))
 
 
 def decode_entry(job_id: str, entry_id: bytes | str, fields: dict[Any, Any]) -> StreamEvent:

@@ -88,6 +88,9 @@ async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
         if status == "cancel":
             state.request_cancel(keys.job_id)
         elif status != "running":
+            pump = state.running.get(keys.job_id)
+            if pump is None or pump.done():
+                return  # the job just finished here: its terminal event is being written
             logger.warning("job %s is %s in Redis; stopping it here", keys.job_id, status)
             state.request_cancel(keys.job_id)
 

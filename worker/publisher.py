@@ -17,6 +17,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from wire import JobKeys
 from wire.scripts import PUBLISH
 
@@ -111,15 +113,33 @@ class Publisher:
                     self._lost.add(entry.keys.job_id)
 
     async def _send(self, entries: list[_Pending]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for e in entries:
-                k = e.keys
-                await self._script(
-                    keys=[k.events, k.meta, k.lease],
-                    args=[self._lease_ms, e.final_status, self._retention_ms, *e.events],
-                    client=pipe,
-                )
-            results = await pipe.execute()
+        # EVALSHA straight into the pipeline: redis-py's Script objects would make every
+        # pipeline send SCRIPT EXISTS first (an extra round trip per flush). A server that
+        # lost the script (restart, SCRIPT FLUSH) answers NOSCRIPT for every call of the
+        # batch, none of which ran: load it and send the batch again.
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for e in entries:
+                    k = e.keys
+                    pipe.evalsha(
+                        self._script.sha,
+                        3,
+                        k.events,
+                        k.meta,
+                        k.lease,
+                        self._lease_ms,
+                        e.final_status,
+                        self._retention_ms,
+                        *e.events,
+                    )
+                results = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                self._script.sha = await self._redis.script_load(PUBLISH)
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            break
         self.round_trips += 1
         for entry, ok in zip(entries, results, strict=True):
             self.events_sent += len(entry.events)
