@@ -233,9 +233,8 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{'ours':<17}{ours['version']:<54}{ours['p50']:>8.3f}{ours['p99']:>8.3f}")
     total = len(result["peers"])
     count = result["peers_measured"]
-    scope = f"all {total} peers" if count == total else f"the {count} of {total} peers measured"
     verdict = "YES" if result["ours_below_every_peer_p50"] else "NO"
-    print(f"ours p50 below every peer's p50 ({scope}): {verdict}")
+    print(f"ours p50 below every peer's p50 ({count} of {total} peers measured): {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="rebuild the peers' venvs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     unknown = set(args.peers) - {peer.name for peer in PEERS}
     if unknown:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))}")

@@ -31,6 +31,8 @@ app.conf.update(
     task_ignore_result=True,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # no pidbox (remote control): it would leave kombu's global binding keys on the server
+    worker_enable_remote_control=False,
 )
 # no mingle/gossip/heartbeat: nothing but the task traffic, and a fast start
 QUIET = ("--without-mingle", "--without-gossip", "--without-heartbeat")
