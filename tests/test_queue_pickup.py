@@ -12,6 +12,7 @@ from client import JobStatus, StreamingRAGClient
 from streaming_rag import EventType
 from tests.helpers_queue import ROOT, running_worker
 from tests.queue_apps import GatedLLM, make_rag
+from wire import JobKeys
 from wire.keys import wake_key
 
 WAIT_S = 30.0
@@ -43,10 +44,16 @@ async def test_a_full_worker_leaves_the_wake_up_to_an_idle_peer(
             assert await asyncio.to_thread(busy_llm.started.wait, WAIT_S)
             async with running_worker(redis_url, key_prefix, make_rag()) as b:
                 b.poll_delay_s = NEVER_S
+                # wait until B is blocked on the wake list (A, being full, takes no tokens)
+                async with asyncio.timeout(WAIT_S):
+                    while not await _someone_waits_on(aredis_client, wake_key(key_prefix)):  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
                 second = await client.asubmit("must go to worker B")
                 events = [e async for e in client.aevents(second)]
                 assert events[-1].type is EventType.GENERATION_DONE
-                assert await aredis_client.llen(wake_key(key_prefix)) == 0
+                assert await aredis_client.llen(wake_key(key_prefix)) == 0  # B took the token
+                meta = await aredis_client.hgetall(JobKeys(key_prefix, second).meta)
+                assert meta[b"worker"].decode() == b.ctx["streaming_rag"].config.name
             assert await client.astatus(first) is JobStatus.RUNNING
             assert busy_llm.release is not None
             busy_llm.release.set()
@@ -100,3 +107,10 @@ def test_stock_arq_runs_the_jobs_with_worker_settings(redis_url, key_prefix):
             proc.wait(WAIT_S)
         finally:
             proc.kill()
+
+
+async def _someone_waits_on(redis_client, key: str) -> bool:
+    """True when a client connection is blocked in BLPOP (on any key: tests use their own
+    server prefix, and only this test's workers run here)."""
+    clients = await redis_client.client_list()
+    return any(c.get("cmd") == "blpop" and c.get("flags", "").find("b") >= 0 for c in clients)

@@ -170,7 +170,9 @@ return s
 #: A job is claimed when it is still queued in arq, due, and not in progress elsewhere; its
 #: arq in-progress key is set exactly as arq sets it. Then START runs for it (the job hash
 #: and lease keys are derived from the arq id `<prefix>:<job_id>` as `wire.keys` names them).
-#: Returns a flat list: arq_job_id, score, start verdict ('ok' or the status found), ...
+#: It also does what arq's `run_job` does first (INCR the try counter, GET the record), so the
+#: job can run at once. Returns a flat list: arq_job_id, score, start verdict ('ok' or the
+#: status found), arq record (or false), try count, ...
 CLAIM = (
     _NOW
     + """
@@ -195,9 +197,13 @@ for i = 6, #ARGV do
           verdict = s
         end
       end
+      local tries = redis.call('INCR', 'arq:retry:' .. id)
+      redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
       out[#out + 1] = id
       out[#out + 1] = score
       out[#out + 1] = verdict
+      out[#out + 1] = redis.call('GET', 'arq:job:' .. id)
+      out[#out + 1] = tries
     end
   end
 end
