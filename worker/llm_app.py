@@ -66,9 +66,9 @@ def openai_app(
     ``max_tokens``, ...) go to the LLM. Raises `worker.ConfigError` naming the variable when
     the model or the folder is missing, or the folder cannot be served.
     """
-    env = os.environ if env is None else env
-    folder = env.get(DOCS_ENV, "").strip()
-    model = env.get(MODEL_ENV, "").strip()
+    environ = os.environ if env is None else env
+    folder = environ.get(DOCS_ENV, "").strip()
+    model = environ.get(MODEL_ENV, "").strip()
     if not folder:
         raise ConfigError(
             f"openai_app needs a folder of .md/.txt files: set {DOCS_ENV} "
@@ -83,12 +83,9 @@ def openai_app(
         retriever = BM25Retriever.from_folder(folder)
     except OSError as exc:
         raise ConfigError(f"cannot serve documents from {folder!r} ({DOCS_ENV}): {exc}") from None
-    llm = OpenAICompatibleLLM(
-        model,
-        base_url=env.get(BASE_URL_ENV, "").strip() or env.get("OPENAI_BASE_URL") or None,
-        api_key=env.get(API_KEY_ENV) or env.get("OPENAI_API_KEY") or None,
-        **params,
-    )
+    base_url = environ.get(BASE_URL_ENV, "").strip() or environ.get("OPENAI_BASE_URL")
+    api_key = environ.get(API_KEY_ENV) or environ.get("OPENAI_API_KEY")
+    llm = OpenAICompatibleLLM(model, base_url=base_url or None, api_key=api_key or None, **params)
     if config is None:
         config = StreamConfig(generation_timeout=DEFAULT_GENERATION_TIMEOUT_S)
     return StreamingRAG(ExtractiveRAG(retriever), llm, config=config)
