@@ -17,7 +17,7 @@ COPY streaming_rag/ streaming_rag/
 COPY wire/ wire/
 COPY worker/ worker/
 COPY client/ client/
-RUN pip install . \
+RUN pip install .[web] \
     && cd / && rm -rf /src \
     && useradd --create-home --uid 10001 app
 

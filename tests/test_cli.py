@@ -11,8 +11,12 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,14 @@ import pytest
 
 from streaming_rag import EventType, StreamEvent
 from streaming_rag.cli import ENV_VARS, EventPrinter, build_parser, main, subcommands
+from streaming_rag.cli._commands import serve_env, worker_app
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("worker", "ask", "watch", "replay", "status", "cancel", "demo")
+SUBCOMMANDS = ("worker", "serve", "ask", "watch", "replay", "status", "cancel", "demo")
 HANG_GUARD_S = 90
 DEMO_APP = "worker.demo_app:demo_app"
+LLM_APP = "worker.llm_app:openai_app"
+LLM_FLAGS = ["--llm-model", "m1", "--llm-base-url", "http://h:1/v1", "--llm-api-key", "k1"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -94,6 +101,10 @@ def test_python_dash_m_prints_help_and_imports_no_redis() -> None:
         ["replay", "j", "--speed", "-1"],
         ["worker", "--concurrency", "0"],
         ["worker", "--app", "m:f", "--docs", "d"],
+        ["worker", "--llm-base-url", "http://h/v1"],
+        ["worker", "--llm-api-key", "k", "--docs", "d"],
+        ["worker", "--llm-model", "m", "--app", "m:f"],
+        ["serve", "--port", "70000"],
         ["status"],
         ["nope"],
     ],
@@ -167,8 +178,9 @@ def captured_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]
         return _FakeWorker()
 
     monkeypatch.setattr(worker, "build_worker", fake_build_worker)
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
+    for var in ENV_VARS:  # set first so that what the CLI sets is undone after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     old_term = signal.getsignal(signal.SIGTERM)
     try:
         yield seen
@@ -234,6 +246,169 @@ def test_worker_setting_errors_exit_2(
     assert err.startswith("streaming-rag worker: error:")
     assert "Traceback" not in err
     assert "config" not in captured_worker
+
+
+# -- worker --llm-* ------------------------------------------------------------------------------
+def test_llm_flags_parse() -> None:
+    args = build_parser().parse_args(["worker", *LLM_FLAGS, "--docs", "notes"])
+    assert (args.llm_model, args.llm_base_url, args.llm_api_key) == ("m1", "http://h:1/v1", "k1")
+    assert args.docs == "notes"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--llm-base-url", "http://h/v1"], "--llm-base-url needs --llm-model NAME"),
+        (["--llm-base-url", "u", "--llm-api-key", "k"], "--llm-base-url and --llm-api-key need"),
+        (["--app", DEMO_APP, "--llm-model", "m"], f"--llm-model serves {LLM_APP}: it cannot"),
+        (["--llm-model", " "], "--llm-model needs a model name"),
+    ],
+)
+def test_llm_flag_misuse_is_a_usage_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["worker", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: streaming-rag worker")
+    assert f"streaming-rag worker: error: {message}" in err
+
+
+def test_llm_model_selects_the_llm_app() -> None:
+    parse = build_parser().parse_args
+    assert worker_app(parse(["worker", *LLM_FLAGS, "--docs", "notes"])) == (
+        LLM_APP,
+        {
+            "STREAMING_RAG_LLM_MODEL": "m1",
+            "STREAMING_RAG_LLM_BASE_URL": "http://h:1/v1",
+            "STREAMING_RAG_LLM_API_KEY": "k1",
+            "STREAMING_RAG_DOCS": "notes",
+        },
+    )
+    assert worker_app(parse(["worker", "--llm-model", "m2"])) == (
+        LLM_APP,
+        {"STREAMING_RAG_LLM_MODEL": "m2"},
+    )
+    assert worker_app(parse(["worker", "--docs", "notes"])) == ("worker.demo_app:folder_app", {})
+    assert worker_app(parse(["worker", "--app", DEMO_APP])) == (DEMO_APP, {})
+    assert worker_app(parse(["worker"])) == (None, {})
+    for var in worker_app(parse(["worker", *LLM_FLAGS, "--docs", "d"]))[1]:
+        assert var in ENV_VARS
+
+
+def test_worker_with_llm_model_loads_the_llm_app_after_setting_its_env(
+    captured_worker: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LLM app itself is not run: `load_app` is replaced by one that records the app path
+    and the environment it would read, and returns the demo pipeline."""
+    import worker.app
+
+    demo = worker.app.load_app(DEMO_APP)
+    loaded: dict[str, Any] = {}
+
+    def fake_load_app(path: str | None) -> Any:
+        names = ("MODEL", "BASE_URL", "API_KEY")
+        env = {name: os.environ.get(f"STREAMING_RAG_LLM_{name}") for name in names}
+        loaded.update(path=path, env=env, docs=os.environ.get("STREAMING_RAG_DOCS"))
+        return demo
+
+    monkeypatch.setattr(worker.app, "load_app", fake_load_app)
+    assert main(["worker", "--llm-model", "m1", "--llm-base-url", "http://h:1/v1"]) == 0
+    assert loaded == {
+        "path": LLM_APP,
+        "env": {"MODEL": "m1", "BASE_URL": "http://h:1/v1", "API_KEY": None},
+        "docs": None,
+    }
+    assert captured_worker["config"].app == LLM_APP
+    assert captured_worker["rag"] is demo
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def test_serve_help_lists_its_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--redis-url", "--prefix", "--verbose", "-v"):
+        assert flag in out
+    assert "streaming-rag[web]" in out
+
+
+def test_serve_defaults_and_the_env_it_sets_for_the_web_app() -> None:
+    parse = build_parser().parse_args
+    args = parse(["serve"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    assert serve_env(args) == {}
+    args = parse(["serve", "--host", "0.0.0.0", "--port", "0", "--redis-url", "redis://h:1/2"])
+    assert (args.host, args.port) == ("0.0.0.0", 0)
+    assert serve_env(args) == {"REDIS_URL": "redis://h:1/2"}
+    assert serve_env(parse(["serve", "--prefix", "p1"])) == {"STREAMING_RAG_PREFIX": "p1"}
+
+
+def test_serve_without_the_web_extra_exits_2_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` raises ImportError
+    old_term = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["serve"]) == 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    err = capsys.readouterr().err
+    assert err.startswith("streaming-rag serve: error:")
+    assert 'pip install "streaming-rag[web]"' in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_when_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> int:
+    """GET `url` until the server answers (connection refused: not listening yet); its status."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError):
+                raise
+        if server.poll() is not None:
+            pytest.fail(f"serve exited with {server.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"serve did not answer within {HANG_GUARD_S} s:\n{log.read_text()}")
+        time.sleep(0.05)  # pace the retries; readiness is the answer itself
+
+
+@pytest.mark.skipif(not (ROOT / "client" / "web.py").is_file(), reason="no client/web.py yet")
+def test_serve_answers_http_and_stops_on_sigterm(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
+    port = _free_port()
+    argv = ["serve", "--port", str(port), "--redis-url", redis_url, "--prefix", key_prefix]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streaming_rag", *argv],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert _get_when_ready(f"http://127.0.0.1:{port}/", server, log_path) == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=HANG_GUARD_S) == 0, log_path.read_text()
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 # -- real server ---------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ async def test_async_stream_yields_deltas_and_sends_params(server: FakeOpenAISer
     ]
     assert (body["top_p"], body["seed"], body["stop"]) == (0.5, 7, ["\n\n"])
     assert body["stream_options"] == {"include_usage": True}
-    assert server.finished.is_set()
+    assert await asyncio.to_thread(server.finished.wait, WAIT_S)
 
 
 async def test_async_client_is_reused_within_a_loop(server: FakeOpenAIServer) -> None:
@@ -110,7 +110,7 @@ def test_sync_tokens_arrive_while_the_server_is_still_streaming(
     assert not server.finished.is_set()
     server.release.set()
     assert list(stream) == TOKENS[2:]
-    assert server.finished.is_set()
+    assert server.finished.wait(WAIT_S)  # the server thread may still be finishing its reply
 
 
 async def test_async_tokens_arrive_while_the_server_is_still_streaming(
@@ -122,7 +122,7 @@ async def test_async_tokens_arrive_while_the_server_is_still_streaming(
     assert not server.finished.is_set()
     server.release.set()
     assert [token async for token in stream] == TOKENS[2:]
-    assert server.finished.is_set()
+    assert await asyncio.to_thread(server.finished.wait, WAIT_S)
 
 
 # -- early close -----------------------------------------------------------------------------------
