@@ -15,6 +15,7 @@ import redis.asyncio
 from streaming_rag import EventType, StreamEvent
 from wire import DEFAULT_MAX_QUERY_CHARS, DEFAULT_PREFIX, JobKeys, validate_job_id, validate_prefix
 from wire.errors import DuplicateJob, JobNotFound
+from wire.keys import DEFAULT_REDIS_URL
 
 from ._core import (
     Follower,
@@ -29,8 +30,6 @@ from ._fanout import Fanout
 from ._transport import AsyncTransport, SyncTransport, redacted
 
 __all__ = ["DEFAULT_REDIS_URL", "StreamingRAGClient"]
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class StreamingRAGClient:

@@ -25,9 +25,18 @@ from dataclasses import dataclass
 
 from .errors import InvalidRequest
 
-__all__ = ["DEFAULT_PREFIX", "JobKeys", "new_job_id", "validate_job_id", "validate_prefix"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_REDIS_URL",
+    "JobKeys",
+    "new_job_id",
+    "validate_job_id",
+    "validate_prefix",
+]
 
 DEFAULT_PREFIX = "srag"
+#: The server used when neither an argument nor `REDIS_URL` names one.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ARQ_JOB_KEY_PREFIX = "arq:job:"  # arq.constants.job_key_prefix
 _JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

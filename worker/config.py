@@ -10,10 +10,9 @@ from dataclasses import dataclass, field, fields
 
 from wire import DEFAULT_PREFIX, validate_prefix
 from wire.errors import QueueError
+from wire.keys import DEFAULT_REDIS_URL
 
 __all__ = ["DEFAULT_REDIS_URL", "ConfigError", "WorkerConfig"]
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class ConfigError(QueueError, ValueError):

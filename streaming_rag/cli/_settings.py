@@ -21,7 +21,9 @@ __all__ = [
     "setup_logging",
 ]
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS_URL = (
+    "redis://127.0.0.1:6379/0"  # = wire.keys.DEFAULT_REDIS_URL (not imported: no wire here)
+)
 DEFAULT_PREFIX = "srag"
 DEMO_APP = "worker.demo_app:demo_app"
 FOLDER_APP = "worker.demo_app:folder_app"
