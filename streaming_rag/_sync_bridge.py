@@ -5,6 +5,13 @@ daemon thread and hands every item to the calling thread through a stdlib `queue
 (blocking `get()`, no polling), ending with a `None` sentinel. An exception raised inside is
 re-raised in the caller's thread as the same object (same type, same traceback).
 
+Items travel in batches: while the consumer is busy, the loop appends what it produces to an
+open batch (under a lock, ~0.1 µs). When the consumer wants more, the open batch goes onto the
+queue (put by the consumer itself if it has items, else by the producer with its next item),
+so an item is never held back while someone waits for it, and a fast producer costs one queue
+hand-off (~3.5 µs here, plus a thread wake-up) per batch instead of per item. Every put
+happens under the same lock, so batches, the error and the sentinel keep their order.
+
 Closing the returned generator early (a `break`, `.close()`, or garbage collection) cancels the
 background task, which closes the async generator (and so the LLM stream), then joins the
 thread, so no thread or loop outlives the iteration. It works whether or not the calling
@@ -43,14 +50,34 @@ def iterate_in_thread(
 ) -> Generator[T, None, None]:
     """Yield the items of the async iterator `factory()` from a private loop in a thread."""
     q: queue.Queue[Any] = queue.Queue()
+    lock = threading.Lock()
+    shared: dict[str, Any] = {"batch": [], "waiting": False}
     ready = threading.Event()
     state: dict[str, Any] = {}
+
+    def hand_off(item: Any) -> None:
+        """Producer side: add to the open batch; queue it if the consumer is waiting."""
+        with lock:
+            batch = shared["batch"]
+            batch.append(item)
+            if shared["waiting"]:
+                shared["waiting"] = False
+                shared["batch"] = []
+                q.put(batch)
+
+    def finish(last: Any) -> None:
+        """Producer side: queue the open batch (if any), then `last`."""
+        with lock:
+            batch, shared["batch"] = shared["batch"], []
+            if batch:
+                q.put(batch)
+            q.put(last)
 
     async def pump() -> None:
         agen = factory()
         async with aclosing(agen):
             async for item in agen:
-                q.put(item)
+                hand_off(item)
 
     def run() -> None:
         loop = asyncio.new_event_loop()
@@ -63,27 +90,35 @@ def iterate_in_thread(
             except asyncio.CancelledError:
                 pass  # closed early by the consumer: nobody reads what follows
             except BaseException as exc:
-                q.put(_Raised(exc))
+                finish([_Raised(exc)])
             finally:
                 loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             ready.set()
             loop.close()
-            q.put(None)
+            finish(None)
 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     finished = False
     try:
         while True:
-            item = q.get()
-            if item is None:
+            with lock:  # queue the open batch ourselves, or let the producer queue its next
+                batch = shared["batch"]
+                if batch:
+                    shared["batch"] = []
+                    q.put(batch)
+                else:
+                    shared["waiting"] = True
+            batch = q.get()
+            if batch is None:
                 finished = True
                 return
-            if type(item) is _Raised:
-                finished = True
-                raise item.exc
-            yield item
+            for item in batch:
+                if type(item) is _Raised:
+                    finished = True
+                    raise item.exc
+                yield item
     finally:
         if not finished:
             ready.wait()

@@ -83,11 +83,13 @@ def test_events_cross_a_blocking_stdlib_queue_with_none_sentinel(monkeypatch) ->
     rag = StreamingRAG(RetrieveOnly(), llm=AsyncLLM(["a", "b"]))
     events = list(rag.stream_events("q"))
     (q,) = instances
-    assert q.put_items[:-1] == events
+    # events cross in batches (what the loop produced while the consumer was busy), in order
+    assert all(isinstance(batch, list) and batch for batch in q.put_items[:-1])
+    assert [e for batch in q.put_items[:-1] for e in batch] == events
     assert q.put_items[-1] is None
-    # blocking get: no timeout, no block=False, i.e. no polling
+    # blocking get: no timeout, no block=False, i.e. no polling; at most one get per put
     assert all(a in ((), (True,)) and kw in ({}, {"block": True}) for a, kw in q.get_calls)
-    assert len(q.get_calls) == len(events) + 1
+    assert 1 <= len(q.get_calls) <= len(q.put_items)
 
 
 def test_sync_llm_through_sync_surface() -> None:
