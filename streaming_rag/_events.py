@@ -62,12 +62,13 @@ _set_id = _slots["id"].__set__
 _CHUNK = EventType.CHUNK
 
 
-def chunk_event(text: str, latency: float) -> StreamEvent:
-    """`StreamEvent(EventType.CHUNK, text, latency)` without the frozen `__init__`'s
-    `object.__setattr__` calls (about half the cost; this runs once per token)."""
+def chunk_event(text: str, latency: float, id: str | None = None) -> StreamEvent:
+    """`StreamEvent(EventType.CHUNK, text, latency, id)` without the frozen `__init__`'s
+    `object.__setattr__` calls (about half the cost): for the per-token hot paths (the
+    pipeline, and decoding a page of stream entries). The caller vouches for the types."""
     event = _new(StreamEvent)
     _set_type(event, _CHUNK)
     _set_data(event, text)
     _set_latency(event, latency)
-    _set_id(event, None)
+    _set_id(event, id)
     return event

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from streaming_rag import EventType, StreamEvent
-from streaming_rag._events import TERMINAL_EVENT_TYPES
+from streaming_rag._events import TERMINAL_EVENT_TYPES, chunk_event
 
 from .errors import EventDecodeError
 
@@ -36,14 +36,7 @@ __all__ = [
 WIRE_VERSION = 1
 FIELD = b"e"
 _TYPES = {t.value: t for t in EventType}
-_CHUNK = EventType.CHUNK
 _unpackb = msgpack.unpackb
-_new = object.__new__
-_slots = StreamEvent.__dict__
-_set_type = _slots["type"].__set__
-_set_data = _slots["data"].__set__
-_set_latency = _slots["latency"].__set__
-_set_id = _slots["id"].__set__
 
 
 def _lenient(obj: Any) -> Any:
@@ -68,22 +61,6 @@ def decode_event(job_id: str, entry_id: str, payload: bytes) -> StreamEvent:
         obj = _unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
         raise EventDecodeError(job_id, entry_id, f"not valid msgpack ({exc})") from None
-    # Fast path for the common case, a well-formed chunk (the worker wrote its latency
-    # already rounded); everything else takes the full checks below.
-    if (
-        type(obj) is dict
-        and len(obj) == 4
-        and obj.get("t") == "chunk"
-        and obj.get("v") == WIRE_VERSION
-        and type(obj.get("d")) is str
-        and type(obj.get("l")) is float
-    ):
-        event = _new(StreamEvent)
-        _set_type(event, _CHUNK)
-        _set_data(event, obj["d"])
-        _set_latency(event, obj["l"])
-        _set_id(event, entry_id)
-        return event
     if not isinstance(obj, dict):
         raise EventDecodeError(job_id, entry_id, f"expected a map, got {type(obj).__name__}")
     missing = [k for k in ("v", "t", "d", "l") if k not in obj]
@@ -135,12 +112,8 @@ def decode_entries(job_id: str, entries: Any) -> list[StreamEvent]:
             and type(obj.get("l")) is float
             and len(obj) == 4
         ):
-            event = _new(StreamEvent)
-            _set_type(event, _CHUNK)
-            _set_data(event, obj["d"])
-            _set_latency(event, obj["l"])
-            _set_id(event, entry_id.decode() if type(entry_id) is bytes else entry_id)
-            append(event)
+            eid = entry_id.decode() if type(entry_id) is bytes else entry_id
+            append(chunk_event(obj["d"], obj["l"], eid))
             continue
         event = decode_raw_entry(job_id, entry_id, fields)
         append(event)

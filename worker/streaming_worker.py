@@ -178,16 +178,16 @@ class StreamingWorker(Worker):
         trip (GET record, INCR try); anything else goes through arq's own `run_job`."""
         record = self._prefetched.pop(job_id, None)
         if record is None:
-            return await super().run_job(job_id, score)
+            return await self._run_job_by_arq(job_id, score)
         try:
             name, args, kwargs, _, enqueue_ms = deserialize_job_raw(
                 record, deserializer=self.job_deserializer
             )
         except Exception:
-            return await super().run_job(job_id, score)  # arq reports it as it should
+            return await self._run_job_by_arq(job_id, score)  # arq reports it as it should
         function = self.functions.get(name)
         if name != JOB_FUNCTION or function is None or hasattr(function, "next_run"):
-            return await super().run_job(job_id, score)
+            return await self._run_job_by_arq(job_id, score)
         ctx = {
             **self.ctx,
             "job_id": job_id,
@@ -209,3 +209,13 @@ class StreamingWorker(Worker):
         finally:
             del self.job_tasks[job_id]
         await asyncio.shield(self.finish_job(job_id, True, None, None, False, None, None))
+
+    async def _run_job_by_arq(self, job_id: str, score: int) -> None:
+        """arq's own `run_job`; then drop the START verdict CLAIM left for the job function
+        (arq may fail the job before the function runs and takes it)."""
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            state = self.ctx.get("streaming_rag")
+            if state is not None:
+                state.started.pop(job_id[len(state.config.prefix) + 1 :], None)
