@@ -279,7 +279,8 @@ class StreamingRAG:
     ) -> Generator[StreamEvent, None, None]:
         """Yield every event of `astream_events`, run on a private loop in a daemon thread.
 
-        Events cross over a `queue.Queue` (blocking get, `None` sentinel). Exceptions re-raise
+        Events cross over a `queue.Queue` (blocking get, `None` sentinel), in batches of what
+        the loop produced while the consumer was busy, never held back. Exceptions re-raise
         here with their original type. Closing early (a `break`) cancels the background
         stream, closes the LLM stream and joins the thread. Safe to call from inside a running
         event loop (it blocks that loop's thread while iterating, as any sync call does).
