@@ -12,9 +12,8 @@ import sys
 from typing import Any
 
 from arq.worker import Worker
-
-from worker import WorkerConfig, build_worker
-from worker.runner import worker_kwargs
+from streaming_rag_worker import WorkerConfig, build_worker
+from streaming_rag_worker.runner import worker_kwargs
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from client import StreamingRAGClient
+from streaming_rag_client import StreamingRAGClient
 
 from ._common import cpu_seconds, new_prefix, percentiles, server, server_cpu_seconds
 from ._common import worker_process as worker

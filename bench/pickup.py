@@ -13,7 +13,8 @@ import random
 import time
 from typing import Any
 
-from client import StreamingRAGClient
+from streaming_rag_client import StreamingRAGClient
+
 from streaming_rag import EventType
 
 from ._common import new_prefix, percentiles, server, worker_process

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from streaming_rag_worker import WorkerConfig, build_worker
+from streaming_rag_worker.runner import StreamingWorker
+
 from streaming_rag import StreamingRAG
-from worker import WorkerConfig, build_worker
-from worker.runner import StreamingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +42,9 @@ def spawn_worker(redis_url: str, prefix: str, app: str, **config: Any) -> subpro
     args = [
         sys.executable,
         "-c",
-        "import json, sys; from worker import WorkerConfig, build_worker; "
+        "import json, sys; from streaming_rag_worker import WorkerConfig, build_worker; "
         "build_worker(WorkerConfig(**json.loads(sys.argv[1])), poll_delay=0.05).run()",
         json.dumps({"redis_url": redis_url, "prefix": prefix, "app": app, **config}),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the tests' own apps (tests.queue_apps)
     return subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE)

@@ -22,23 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from streaming_rag_cli import ENV_VARS, EventPrinter, build_parser, main, subcommands
+from streaming_rag_cli._commands import serve_env, worker_app
 
 from streaming_rag import EventType, StreamEvent
-from streaming_rag.cli import ENV_VARS, EventPrinter, build_parser, main, subcommands
-from streaming_rag.cli._commands import serve_env, worker_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("worker", "serve", "ask", "watch", "replay", "status", "cancel", "demo")
 HANG_GUARD_S = 90
-DEMO_APP = "worker.demo_app:demo_app"
-LLM_APP = "worker.llm_app:openai_app"
+DEMO_APP = "streaming_rag_worker.demo_app:demo_app"
+LLM_APP = "streaming_rag_worker.llm_app:openai_app"
 LLM_FLAGS = ["--llm-model", "m1", "--llm-base-url", "http://h:1/v1", "--llm-api-key", "k1"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m streaming_rag ARGS` to completion, text output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "streaming_rag", *args],
+        [sys.executable, "-m", "streaming_rag_cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -82,8 +82,9 @@ def test_python_dash_m_prints_help_and_imports_no_redis() -> None:
     assert proc.returncode == 0, explain(proc)
     assert "usage: streaming-rag" in proc.stdout
     code = (
-        "import sys, streaming_rag, streaming_rag.cli; "
-        "loaded = sorted(m for m in ('redis', 'arq', 'worker', 'client', 'wire') "
+        "import sys, streaming_rag_cli; "
+        "loaded = sorted(m for m in ('redis', 'arq', 'streaming_rag_worker', "
+        "'streaming_rag_client') "
         "if m in sys.modules); print(loaded)"
     )
     out = subprocess.run(
@@ -168,8 +169,9 @@ class _FakeWorker:
 
 @pytest.fixture
 def captured_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Replace `worker.build_worker`; record what `streaming-rag worker` would run."""
-    import worker
+    """Replace `streaming_rag_worker.build_worker`; record what `streaming-rag worker` would
+    run."""
+    import streaming_rag_worker as worker
 
     seen: dict[str, Any] = {}
 
@@ -189,7 +191,13 @@ def captured_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]
 
 
 def test_worker_flags_reach_the_worker_config(captured_worker: dict[str, Any]) -> None:
-    argv = ["worker", "--app", "worker.demo_app:demo_app", "--redis-url", "redis://h:1/2"]
+    argv = [
+        "worker",
+        "--app",
+        "streaming_rag_worker.demo_app:demo_app",
+        "--redis-url",
+        "redis://h:1/2",
+    ]
     argv += ["--prefix", "p1", "--concurrency", "7", "--retention-s", "60", "--grace-s", "2.5"]
     assert main(argv) == 0
     config = captured_worker["config"]
@@ -202,7 +210,7 @@ def test_worker_reads_the_environment(
     captured_worker: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://envhost:6380/1")
-    monkeypatch.setenv("STREAMING_RAG_APP", "worker.demo_app:demo_app")
+    monkeypatch.setenv("STREAMING_RAG_APP", "streaming_rag_worker.demo_app:demo_app")
     monkeypatch.setenv("STREAMING_RAG_PREFIX", "envprefix")
     monkeypatch.setenv("STREAMING_RAG_CONCURRENCY", "3")
     monkeypatch.setenv("STREAMING_RAG_RETENTION_S", "99")
@@ -211,7 +219,7 @@ def test_worker_reads_the_environment(
     assert (config.redis_url, config.prefix, config.app) == (
         "redis://envhost:6380/1",
         "envprefix",
-        "worker.demo_app:demo_app",
+        "streaming_rag_worker.demo_app:demo_app",
     )
     assert (config.concurrency, config.retention_s) == (3, 99.0)
 
@@ -231,7 +239,10 @@ def test_worker_docs_shortcut_serves_a_folder(
         (["worker"], "no app given"),
         (["worker", "--app", "no_such_module_xyz:f"], "cannot import"),
         (["worker", "--docs", "/no/such/folder"], "cannot serve documents"),
-        (["worker", "--app", "worker.demo_app:demo_app", "--prefix", "bad prefix"], "prefix"),
+        (
+            ["worker", "--app", "streaming_rag_worker.demo_app:demo_app", "--prefix", "bad prefix"],
+            "prefix",
+        ),
     ],
 )
 def test_worker_setting_errors_exit_2(
@@ -290,7 +301,10 @@ def test_llm_model_selects_the_llm_app() -> None:
         LLM_APP,
         {"STREAMING_RAG_LLM_MODEL": "m2"},
     )
-    assert worker_app(parse(["worker", "--docs", "notes"])) == ("worker.demo_app:folder_app", {})
+    assert worker_app(parse(["worker", "--docs", "notes"])) == (
+        "streaming_rag_worker.demo_app:folder_app",
+        {},
+    )
     assert worker_app(parse(["worker", "--app", DEMO_APP])) == (DEMO_APP, {})
     assert worker_app(parse(["worker"])) == (None, {})
     for var in worker_app(parse(["worker", *LLM_FLAGS, "--docs", "d"]))[1]:
@@ -302,9 +316,9 @@ def test_worker_with_llm_model_loads_the_llm_app_after_setting_its_env(
 ) -> None:
     """The LLM app itself is not run: `load_app` is replaced by one that records the app path
     and the environment it would read, and returns the demo pipeline."""
-    import worker.app
+    import streaming_rag_worker.app as worker_app_module
 
-    demo = worker.app.load_app(DEMO_APP)
+    demo = worker_app_module.load_app(DEMO_APP)
     loaded: dict[str, Any] = {}
 
     def fake_load_app(path: str | None) -> Any:
@@ -313,7 +327,7 @@ def test_worker_with_llm_model_loads_the_llm_app_after_setting_its_env(
         loaded.update(path=path, env=env, docs=os.environ.get("STREAMING_RAG_DOCS"))
         return demo
 
-    monkeypatch.setattr(worker.app, "load_app", fake_load_app)
+    monkeypatch.setattr(worker_app_module, "load_app", fake_load_app)
     assert main(["worker", "--llm-model", "m1", "--llm-base-url", "http://h:1/v1"]) == 0
     assert loaded == {
         "path": LLM_APP,
@@ -332,7 +346,7 @@ def test_serve_help_lists_its_flags(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--redis-url", "--prefix", "--verbose", "-v"):
         assert flag in out
-    assert "streaming-rag[web]" in out
+    assert 'pip install -e ".[web]"' in " ".join(out.split())  # argparse wraps the text
 
 
 def test_serve_defaults_and_the_env_it_sets_for_the_web_app() -> None:
@@ -357,7 +371,7 @@ def test_serve_without_the_web_extra_exits_2_in_one_line(
         signal.signal(signal.SIGTERM, old_term)
     err = capsys.readouterr().err
     assert err.startswith("streaming-rag serve: error:")
-    assert 'pip install "streaming-rag[web]"' in err
+    assert 'pip install -e ".[web]"' in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -384,7 +398,6 @@ def _get_when_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> int
         time.sleep(0.05)  # pace the retries; readiness is the answer itself
 
 
-@pytest.mark.skipif(not (ROOT / "client" / "web.py").is_file(), reason="no client/web.py yet")
 def test_serve_answers_http_and_stops_on_sigterm(
     redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
@@ -395,7 +408,7 @@ def test_serve_answers_http_and_stops_on_sigterm(
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streaming_rag", *argv],
+            [sys.executable, "-m", "streaming_rag_cli", *argv],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -473,7 +486,7 @@ def test_ask_status_replay_watch_against_a_worker_process(
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "streaming_rag", "worker", "--app", DEMO_APP, *common],
+            [sys.executable, "-m", "streaming_rag_cli", "worker", "--app", DEMO_APP, *common],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -516,7 +529,7 @@ def test_ask_status_replay_watch_against_a_worker_process(
 
 
 def test_cancel_of_a_queued_job_ends_it(redis_url: str, key_prefix: str) -> None:
-    from client import StreamingRAGClient
+    from streaming_rag_client import StreamingRAGClient
 
     common = ["--redis-url", redis_url, "--prefix", key_prefix]
     with StreamingRAGClient(redis_url, prefix=key_prefix) as client:

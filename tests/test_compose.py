@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 import yaml
-
-from streaming_rag.cli import ENV_VARS, build_parser, subcommands
+from streaming_rag_cli import ENV_VARS, build_parser, subcommands
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 #: Sources where each variable of ENV_VARS must actually be read.
-READERS = sorted((ROOT / "streaming_rag" / "cli").glob("*.py"))
-READERS += [ROOT / "worker" / name for name in ("config.py", "demo_app.py", "llm_app.py")]
+READERS = sorted((ROOT / "cli" / "streaming_rag_cli").glob("*.py"))
+READERS += [
+    ROOT / "worker" / "streaming_rag_worker" / name
+    for name in ("config.py", "demo_app.py", "llm_app.py")
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_dockerfile_builds_the_cli_image() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     assert re.search(r"^RUN pip install \.", text, re.M)
     assert _entrypoint() == ["streaming-rag"]
-    for package in ("streaming_rag", "wire", "worker", "client"):
+    for package in ("streaming_rag", "worker", "client", "cli"):
         assert re.search(rf"^COPY {package}/ {package}/$", text, re.M), package
         assert (ROOT / package).is_dir()
 
@@ -141,8 +143,8 @@ def test_services_point_at_the_redis_service(services: dict[str, dict[str, Any]]
 
 
 def test_worker_app_and_prefix_are_valid(services: dict[str, dict[str, Any]]) -> None:
-    from worker import WorkerConfig
-    from worker.app import load_app
+    from streaming_rag_worker import WorkerConfig
+    from streaming_rag_worker.app import load_app
 
     env = _environment(services["worker"])
     load_app(env["STREAMING_RAG_APP"])  # importable, returns a StreamingRAG

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from streaming_rag import EventType, StreamingRAG
-from worker import ConfigError
-from worker.demo_app import (
+from streaming_rag_worker import WorkerConfigError
+from streaming_rag_worker.demo_app import (
     CORPUS_DIR,
     DOCS_ENV,
     NO_INFORMATION,
@@ -20,6 +18,8 @@ from worker.demo_app import (
     split_sentences,
     tokenize,
 )
+
+from streaming_rag import EventType, StreamingRAG
 
 DOCS = [
     {"content": "Cats purr when they are content. Cats sleep a lot.", "metadata": {"source": "c"}},
@@ -170,7 +170,7 @@ def test_folder_app_errors_name_the_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(DOCS_ENV, raising=False)
-    with pytest.raises(ConfigError, match=DOCS_ENV):
+    with pytest.raises(WorkerConfigError, match=DOCS_ENV):
         folder_app()
-    with pytest.raises(ConfigError, match="cannot serve documents"):
+    with pytest.raises(WorkerConfigError, match="cannot serve documents"):
         folder_app(tmp_path / "missing")

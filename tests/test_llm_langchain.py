@@ -248,4 +248,4 @@ def test_missing_langchain_names_the_extra_to_install() -> None:
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert 'pip install "streaming-rag[langchain]"' in out.stdout
+    assert 'pip install -e ".[langchain]"' in out.stdout

@@ -14,13 +14,13 @@ import openai
 import pytest
 from helpers_core import WAIT_S
 from openai_server import FakeOpenAIServer
+from streaming_rag_worker import WorkerConfigError
+from streaming_rag_worker.llm_app import API_KEY_ENV, BASE_URL_ENV, DOCS_ENV, MODEL_ENV, openai_app
 
 from streaming_rag import AsyncStreamableLLM, EventType, StreamingRAG, SyncStreamableLLM
 from streaming_rag.exceptions import ConfigError, LLMError, StreamingRAGError
 from streaming_rag.llms import OpenAICompatibleLLM
 from streaming_rag.llms.openai import PLACEHOLDER_API_KEY
-from worker import ConfigError as WorkerConfigError
-from worker.llm_app import API_KEY_ENV, BASE_URL_ENV, DOCS_ENV, MODEL_ENV, openai_app
 
 TOKENS = ["The ", "sky ", "is ", "blue", "."]
 DOC = "The sky is blue because air scatters blue light more than red light."
@@ -408,4 +408,4 @@ def test_missing_sdk_error_names_the_extra_to_install() -> None:
         "    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert 'pip install "streaming-rag[openai]"' in out.stdout
+    assert 'pip install -e ".[openai]"' in out.stdout

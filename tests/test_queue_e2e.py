@@ -6,8 +6,7 @@ import asyncio
 import re
 
 import pytest
-
-from client import (
+from streaming_rag_client import (
     DuplicateJob,
     EventDecodeError,
     InvalidRequest,
@@ -16,10 +15,11 @@ from client import (
     ServerUnavailable,
     StreamingRAGClient,
 )
+
 from streaming_rag import EventType, StreamEvent
+from streaming_rag.wire import JobKeys
 from tests.helpers_queue import running_worker
 from tests.queue_apps import ANSWER_WORDS, make_rag
-from wire import JobKeys
 
 ANSWER = "".join(w + " " for w in ANSWER_WORDS)
 LIFECYCLE = ["retrieval_start", "retrieval_done", "generation_start"]

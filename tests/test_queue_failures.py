@@ -6,12 +6,12 @@ import asyncio
 import signal
 
 import pytest
+from streaming_rag_client import JobStatus, StreamingRAGClient
 
-from client import JobStatus, StreamingRAGClient
 from streaming_rag import EventType, StreamEvent
+from streaming_rag.wire import JobKeys
 from tests.helpers_queue import running_worker, spawn_worker
 from tests.queue_apps import GatedLLM, WordsLLM, make_rag
-from wire import JobKeys
 
 WAIT_S = 30.0  # liveness guard only: the awaited conditions come far sooner
 

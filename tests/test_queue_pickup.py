@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 
-from client import JobStatus, StreamingRAGClient
+from streaming_rag_client import JobStatus, StreamingRAGClient
+
 from streaming_rag import EventType
+from streaming_rag.wire import JobKeys
+from streaming_rag.wire.keys import wake_key
 from tests.helpers_queue import ROOT, running_worker
 from tests.queue_apps import GatedLLM, make_rag
-from wire import JobKeys
-from wire.keys import wake_key
 
 WAIT_S = 30.0
 NEVER_S = 3600.0  # a fallback poll period no test can wait for
@@ -90,7 +91,7 @@ def test_stock_arq_runs_the_jobs_with_worker_settings(redis_url, key_prefix):
         "STREAMING_RAG_PREFIX": key_prefix,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "arq", "worker.WorkerSettings"],
+        [sys.executable, "-m", "arq", "streaming_rag_worker.WorkerSettings"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from client import StreamingRAGClient
+from streaming_rag_client import StreamingRAGClient
+
 from streaming_rag import EventType
+from streaming_rag.wire import JobKeys
 from tests.helpers_queue import running_worker
 from tests.queue_apps import WordsLLM, make_rag
-from wire import JobKeys
 
 WORDS = [f"w{i}" for i in range(200)]
 

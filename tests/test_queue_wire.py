@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from streaming_rag import EventType, StreamEvent
-from wire import (
+from streaming_rag.wire import (
     EventDecodeError,
     InvalidRequest,
     JobKeys,
@@ -19,7 +19,7 @@ from wire import (
     unpack_job,
     validate_job_id,
 )
-from wire.models import JOB_FUNCTION, arq_job_record
+from streaming_rag.wire.models import JOB_FUNCTION, arq_job_record
 
 
 def test_every_key_of_a_job_shares_one_cluster_hash_tag():
@@ -126,7 +126,7 @@ def test_bad_job_ids_are_refused(job_id):
 
 
 def test_a_corrupt_entry_inside_a_page_is_named_and_the_rest_decode():
-    from wire import decode_entries
+    from streaming_rag.wire import decode_entries
 
     good = encode_event(EventType.CHUNK, "ok ", 0.5)
     done = encode_event(EventType.GENERATION_DONE, {"total_latency": 1.0}, 1.0)

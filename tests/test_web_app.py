@@ -9,11 +9,11 @@ import sys
 import httpx
 import pytest
 import redis.asyncio
+from streaming_rag_client import InvalidRequest, JobNotFound, StreamingRAGClient
+from streaming_rag_client.web import create_app
 
-from client import InvalidRequest, JobNotFound, StreamingRAGClient
-from client.web import create_app
+from streaming_rag.wire import DEFAULT_MAX_QUERY_CHARS
 from tests.helpers_web import serving, web_stack
-from wire import DEFAULT_MAX_QUERY_CHARS
 
 
 @pytest.mark.parametrize("job_id", ["no-such-job", "not%20a%20valid%20id"])
@@ -125,7 +125,8 @@ def test_importing_client_does_not_need_starlette():
 
 
 def test_the_sse_framing_is_one_line_of_json_per_event():
-    from client._sse import format_event
+    from streaming_rag_client._sse import format_event
+
     from streaming_rag import EventType, StreamEvent
 
     chunk = StreamEvent(EventType.CHUNK, "two\nlines \u00e9", 0.5, "17-3")

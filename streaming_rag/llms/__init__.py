@@ -1,8 +1,8 @@
 """Ready-made streaming LLMs for `StreamingRAG`, each on an optional extra.
 
-- `OpenAICompatibleLLM` (``pip install "streaming-rag[openai]"``): OpenAI, vLLM, Ollama,
+- `OpenAICompatibleLLM` (extra ``openai``): OpenAI, vLLM, Ollama,
   the llama.cpp server, LM Studio, ... through the official ``openai`` SDK.
-- `LangChainLLM` (``pip install "streaming-rag[langchain]"``): any LangChain chat model or
+- `LangChainLLM` (extra ``langchain``): any LangChain chat model or
   runnable.
 
 Importing this package imports neither SDK: each adapter imports its SDK when it is built

@@ -1,6 +1,6 @@
 """`LangChainLLM`: stream text from any LangChain chat model or runnable.
 
-Needs ``langchain-core`` (``pip install "streaming-rag[langchain]"``), imported when an adapter
+Needs ``langchain-core`` (``pip install -e ".[langchain]"`` from a clone), imported when an adapter
 is built, never when `streaming_rag` is.
 
 `stream(prompt)` / `astream(prompt)` call the runnable's own ``stream`` / ``astream`` with the
@@ -28,7 +28,10 @@ from ..exceptions import BackendError, LLMError
 
 __all__ = ["LangChainLLM", "chunk_text"]
 
-_INSTALL_HINT = 'LangChainLLM needs langchain-core: pip install "streaming-rag[langchain]"'
+_INSTALL_HINT = (
+    'LangChainLLM needs langchain-core: pip install -e ".[langchain]" from a clone of '
+    "streaming-rag (or pip install langchain-core)"
+)
 
 
 def chunk_text(chunk: Any) -> str:

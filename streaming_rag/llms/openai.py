@@ -1,6 +1,6 @@
 """`OpenAICompatibleLLM`: stream chat-completion deltas from any OpenAI-compatible server.
 
-Built on the official ``openai`` SDK (``pip install "streaming-rag[openai]"``), imported only
+Built on the official ``openai`` SDK (``pip install -e ".[openai]"`` from a clone), imported only
 when a stream starts. One adapter serves OpenAI, vLLM, Ollama, the llama.cpp server and
 LM Studio: point `base_url` at the server's ``/v1``.
 
@@ -42,7 +42,10 @@ PLACEHOLDER_API_KEY = "not-needed"
 
 #: Request fields the adapter sets itself; passing them as sampling parameters is an error.
 _RESERVED = frozenset({"model", "messages", "stream"})
-_INSTALL_HINT = 'OpenAICompatibleLLM needs the openai SDK: pip install "streaming-rag[openai]"'
+_INSTALL_HINT = (
+    'OpenAICompatibleLLM needs the openai SDK: pip install -e ".[openai]" from a clone of '
+    "streaming-rag (or pip install openai)"
+)
 
 
 def _import_openai() -> Any:

@@ -1,0 +1,170 @@
+"""The subcommand handlers but `demo`: worker, serve, ask, watch, replay, status, cancel.
+
+Each takes the parsed arguments and returns the exit code. `worker`, `client` and the web
+server are imported inside the handlers, so importing the CLI needs no Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from streaming_rag.exceptions import CLIError
+
+from ._printing import EventPrinter
+from ._settings import FOLDER_APP, LLM_APP, LLM_ENV, prefix, redis_url, setup_logging
+
+__all__ = [
+    "WEB_APP",
+    "cmd_ask",
+    "cmd_cancel",
+    "cmd_replay",
+    "cmd_serve",
+    "cmd_status",
+    "cmd_watch",
+    "cmd_worker",
+    "serve_env",
+    "worker_app",
+]
+
+#: The ASGI app factory `streaming-rag serve` runs (it reads REDIS_URL, STREAMING_RAG_PREFIX).
+WEB_APP = "streaming_rag_client.web:create_app"
+WEB_EXTRA_HINT = 'pip install -e ".[web]" from a clone of streaming-rag'
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from streaming_rag_client import StreamingRAGClient
+
+    return StreamingRAGClient(redis_url(args), prefix=prefix(args), **kwargs)
+
+
+# -- worker --------------------------------------------------------------------------------------
+def worker_app(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """The app path `streaming-rag worker` serves, and the environment to set before loading it.
+
+    `--llm-model` selects `LLM_APP`, configured through its env variables (`--docs` included);
+    else `--docs` selects `FOLDER_APP`; else `--app` (None: `$STREAMING_RAG_APP` decides).
+    """
+    if args.llm_model:
+        env = {var: getattr(args, dest) for dest, var in LLM_ENV.items() if getattr(args, dest)}
+        if args.docs:
+            env["STREAMING_RAG_DOCS"] = args.docs
+        return LLM_APP, env
+    if args.docs:
+        return FOLDER_APP, {}
+    return args.app, {}
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    # SIGTERM while still starting up: exit quietly (arq installs its graceful handler later)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    import redis
+    from streaming_rag_worker import WorkerConfig, build_worker
+    from streaming_rag_worker.app import load_app
+
+    setup_logging(args.verbose, logging.INFO)
+    app, env = worker_app(args)
+    os.environ.update(env)
+    rag = None
+    if app == FOLDER_APP and args.docs:
+        from streaming_rag_worker.demo_app import folder_app
+
+        rag = folder_app(args.docs)
+    config = WorkerConfig.from_env(
+        redis_url=args.redis_url,
+        prefix=args.prefix,
+        app=app,
+        concurrency=args.concurrency,
+        retention_s=args.retention_s,
+        shutdown_grace_s=args.grace_s,
+    )
+    if rag is None:
+        rag = load_app(config.app)  # fail here, in one line, rather than inside arq's startup
+    worker = build_worker(config, rag=rag)
+    try:
+        worker.run()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise CLIError(f"cannot reach Redis at {config.redis_url}: {exc}") from None
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def serve_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment `streaming-rag serve` sets for `streaming_rag_client.web.create_app()`
+    to read."""
+    env = {}
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+    if args.prefix:
+        env["STREAMING_RAG_PREFIX"] = args.prefix
+    return env
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # SIGTERM before uvicorn's handlers are in, or re-raised by uvicorn after its graceful
+    # shutdown: exit 0
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        uvicorn: Any = importlib.import_module("uvicorn")
+        module_name = WEB_APP.partition(":")[0]
+        importlib.import_module(module_name)  # fail here, in one line, rather than in uvicorn
+    except ImportError as exc:
+        raise CLIError(f"cannot load the web server ({exc}): {WEB_EXTRA_HINT}") from None
+    os.environ.update(serve_env(args))
+    uvicorn.run(
+        WEB_APP,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level="debug" if args.verbose else "info",
+    )
+    return 0
+
+
+# -- client commands -----------------------------------------------------------------------------
+def cmd_ask(args: argparse.Namespace) -> int:
+    with _client(args, start_timeout=args.start_timeout) as client:
+        job_id = client.submit(args.question, args.context_json)
+        print(f"[job {job_id}]", file=sys.stderr, flush=True)
+        try:
+            return EventPrinter(job_id).follow(client.events(job_id))
+        except KeyboardInterrupt:
+            print(
+                f"\n[interrupted; the job goes on: `streaming-rag watch {job_id}` rejoins it, "
+                f"`streaming-rag cancel {job_id}` stops it]",
+                file=sys.stderr,
+            )
+            return 130
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return EventPrinter(args.job_id).follow(client.events(args.job_id, after=args.after))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return EventPrinter(args.job_id).follow(client.replay(args.job_id, speed=args.speed))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.status(args.job_id)
+    print(str(status))
+    return 1 if status == "not found" else 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        cancelled = client.cancel(args.job_id)
+    print("cancelled" if cancelled else "already finished")
+    return 0

@@ -1,0 +1,66 @@
+"""Where the CLI's settings come from: defaults, the environment variables it documents, and
+resolving `--redis-url` / `--prefix` against them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from streaming_rag.wire.keys import DEFAULT_PREFIX, DEFAULT_REDIS_URL
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_REDIS_URL",
+    "DEMO_APP",
+    "ENV_VARS",
+    "FOLDER_APP",
+    "LLM_APP",
+    "LLM_ENV",
+    "prefix",
+    "redis_url",
+    "setup_logging",
+]
+
+DEMO_APP = "streaming_rag_worker.demo_app:demo_app"
+FOLDER_APP = "streaming_rag_worker.demo_app:folder_app"
+LLM_APP = "streaming_rag_worker.llm_app:openai_app"
+
+#: `streaming-rag worker --llm-*` flag (argparse dest) -> the variable LLM_APP reads.
+LLM_ENV = {
+    "llm_base_url": "STREAMING_RAG_LLM_BASE_URL",
+    "llm_model": "STREAMING_RAG_LLM_MODEL",
+    "llm_api_key": "STREAMING_RAG_LLM_API_KEY",
+}
+
+#: Every environment variable the CLI, or the worker or web app it runs, reads.
+ENV_VARS = {
+    "REDIS_URL": f"server URL for every subcommand (default {DEFAULT_REDIS_URL})",
+    "STREAMING_RAG_PREFIX": f"key prefix / queue name (default {DEFAULT_PREFIX})",
+    "STREAMING_RAG_APP": "worker: the pipeline factory, module:factory",
+    "STREAMING_RAG_CONCURRENCY": "worker: jobs run at once (arq max_jobs, default 100)",
+    "STREAMING_RAG_RETENTION_S": "worker: seconds a finished job's keys live (default 3600)",
+    "STREAMING_RAG_DOCS": f"folder of .md/.txt files served by {FOLDER_APP} or {LLM_APP}",
+    "STREAMING_RAG_LLM_BASE_URL": f"{LLM_APP}: OpenAI-compatible API base URL",
+    "STREAMING_RAG_LLM_MODEL": f"{LLM_APP}: model name",
+    "STREAMING_RAG_LLM_API_KEY": f"{LLM_APP}: API key",
+}
+
+
+def setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """`--redis-url`, else `$REDIS_URL`, else the default."""
+    return str(args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+
+
+def prefix(args: argparse.Namespace) -> str:
+    """`--prefix`, else `$STREAMING_RAG_PREFIX`, else the default."""
+    return str(args.prefix or os.environ.get("STREAMING_RAG_PREFIX") or DEFAULT_PREFIX)

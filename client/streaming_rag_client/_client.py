@@ -1,0 +1,331 @@
+"""`StreamingRAGClient`: the spec's surface, answered by workers through Redis Streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncGenerator, Generator
+from contextlib import aclosing
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from streaming_rag import EventType, StreamEvent
+from streaming_rag.exceptions import DuplicateJob, JobNotFound
+from streaming_rag.wire import (
+    DEFAULT_MAX_QUERY_CHARS,
+    DEFAULT_PREFIX,
+    JobKeys,
+    validate_job_id,
+    validate_prefix,
+)
+from streaming_rag.wire.keys import DEFAULT_REDIS_URL
+
+from ._core import (
+    Follower,
+    JobStatus,
+    StatsCounter,
+    SubmitPlan,
+    plan_submit,
+    replay_delay,
+    status_from_check,
+)
+from ._fanout import Fanout
+from ._transport import AsyncTransport, SyncTransport, redacted
+
+__all__ = ["DEFAULT_REDIS_URL", "StreamingRAGClient"]
+
+
+class StreamingRAGClient:
+    """Submit questions to streaming-rag workers and follow their answers as `StreamEvent`s.
+
+    `stream`, `stream_events`, `query`, `astream`, `astream_events`, `stats` and `repr` behave
+    as the in-process `StreamingRAG`'s, but each call submits a job and follows its stream from
+    the first entry, so nothing is lost however fast the worker is. Events carry `id`, the
+    stream entry id, usable as `after=` to resume.
+
+    Sync methods use redis-py's sync client, async methods (prefixed `a`) its asyncio client;
+    both are created on first use from `redis_url` (default: `REDIS_URL`, else
+    `redis://127.0.0.1:6379/0`), or passed ready-made as `sync_client` / `async_client`.
+
+    Async subscribers of one client share one reader connection (`fanout=True`): one XREAD
+    follows every watched stream and hands each event to every subscriber's buffer (at most
+    `fanout_buffer` events; a subscriber that falls further behind reads on its own until it
+    has caught up, so nothing is lost). `fanout=False` gives each async subscriber its own
+    blocking reads.
+
+    Nobody waits forever: while a stream is quiet the client checks, every `poll_interval_s`,
+    whether the job is still queued within `start_timeout` seconds and whether its worker's
+    lease is alive; a dead worker or an unclaimed job ends the stream with an ERROR event
+    (stage `worker` or `queue`) that is appended to the stream for every other subscriber too.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        start_timeout: float = 30.0,
+        max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+        retention_s: float = 3600.0,
+        poll_interval_s: float = 1.0,
+        fanout: bool = True,
+        fanout_buffer: int = 10_000,
+        sync_client: redis.Redis | None = None,
+        async_client: redis.asyncio.Redis | None = None,
+    ) -> None:
+        self.url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+        self.prefix = validate_prefix(prefix)
+        if not start_timeout > 0:
+            raise ValueError(f"start_timeout must be > 0 seconds, got {start_timeout}")
+        if not poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s must be > 0 seconds, got {poll_interval_s}")
+        self.start_timeout = float(start_timeout)
+        self.max_query_chars = max_query_chars
+        self.retention_s = float(retention_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self._sync_client = sync_client
+        self._async_client = async_client
+        self._owns_sync = sync_client is None
+        self._owns_async = async_client is None
+        self._sync: SyncTransport | None = None
+        self._async: AsyncTransport | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self.fanout = fanout
+        self.fanout_buffer = fanout_buffer
+        self._fanout: Fanout | None = None
+        self._stats = StatsCounter()
+
+    def __repr__(self) -> str:
+        return f"StreamingRAGClient(url={redacted(self.url)!r}, prefix={self.prefix!r})"
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The spec's stats keys, over the streams this client consumed."""
+        return self._stats.snapshot()
+
+    # -- transports ---------------------------------------------------------------------------
+    @property
+    def _block_ms(self) -> int:
+        return max(1, int(self.poll_interval_s * 1000))
+
+    def _sync_transport(self) -> SyncTransport:
+        if self._sync is None:
+            client = self._sync_client or redis.Redis.from_url(self.url)
+            self._sync = SyncTransport(client, self.url, int(self.retention_s * 1000))
+        return self._sync
+
+    def _async_transport(self) -> AsyncTransport:
+        loop = asyncio.get_running_loop()
+        if self._async is None or (self._owns_async and self._async_loop is not loop):
+            client = self._async_client or redis.asyncio.Redis.from_url(self.url)
+            self._async = AsyncTransport(client, self.url, int(self.retention_s * 1000))
+            self._async_loop = loop
+            self._fanout = Fanout(
+                self._async, poll_interval_s=self.poll_interval_s, buffer_size=self.fanout_buffer
+            )
+        return self._async
+
+    def _plan(self, query: Any, context: Any, job_id: str | None) -> SubmitPlan:
+        return plan_submit(
+            query,
+            context,
+            job_id=job_id,
+            prefix=self.prefix,
+            max_query_chars=self.max_query_chars,
+            start_timeout_s=self.start_timeout,
+            retention_s=self.retention_s,
+        )
+
+    def _keys(self, job_id: str) -> JobKeys:
+        return JobKeys(self.prefix, validate_job_id(job_id))
+
+    # -- sync surface -------------------------------------------------------------------------
+    def submit(
+        self, query: str, context: dict[str, Any] | None = None, *, job_id: str | None = None
+    ) -> str:
+        """Queue a question; return its job id. Raises `InvalidRequest` (nothing queued) or
+        `DuplicateJob` when `job_id` is already in use."""
+        plan = self._plan(query, context, job_id)
+        if not self._sync_transport().submit(plan):
+            raise DuplicateJob(plan.job_id)
+        return plan.job_id
+
+    def _follow(self, keys: JobKeys, after: str | None) -> Generator[StreamEvent, None, None]:
+        t = self._sync_transport()
+        f = Follower(keys, cursor=after or "0-0")
+        self._stats.started()
+        while not f.done:
+            events = f.take(t.read(keys, f.cursor, None if f.final_seen else self._block_ms))
+            if events:
+                self._stats.saw_page(events)
+                yield from events
+            else:
+                f.on_idle(t.check(keys))
+
+    def events(self, job_id: str, after: str | None = None) -> Generator[StreamEvent, None, None]:
+        """Every event of a job, running or finished, from the start or after entry `after`,
+        each exactly once, ending after the terminal event. Raises `JobNotFound`."""
+        keys = self._keys(job_id)
+        if self._sync_transport().check(keys) == "missing":
+            raise JobNotFound(job_id, self.prefix)
+        yield from self._follow(keys, after)
+
+    def replay(self, job_id: str, speed: float = 0.0) -> Generator[StreamEvent, None, None]:
+        """A job's trace re-emitted with its original pacing divided by `speed` (2.0 = twice as
+        fast); `speed=0` emits it at once."""
+        started = time.monotonic()
+        for event in self.events(job_id):
+            delay = replay_delay(event, started, time.monotonic(), speed)
+            if delay > 0:
+                time.sleep(delay)
+            yield event
+
+    def stream_events(
+        self, query: str, context: dict[str, Any] | None = None
+    ) -> Generator[StreamEvent, None, None]:
+        """Submit `query` and yield every event of its answer (the spec's `stream_events`)."""
+        job_id = self.submit(query, context)
+        yield from self._follow(self._keys(job_id), None)
+
+    def stream(
+        self, query: str, context: dict[str, Any] | None = None
+    ) -> Generator[str, None, None]:
+        """Submit `query` and yield the answer's chunk texts only."""
+        for event in self.stream_events(query, context):
+            if event.type is EventType.CHUNK:
+                yield event.data
+
+    def query(self, query: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Submit `query`, wait for the end; `{"answer": str, "events": list[StreamEvent]}`."""
+        events = list(self.stream_events(query, context))
+        return {"answer": "".join(str(e) for e in events), "events": events}
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job: a queued one ends at once, a running one's worker stops it promptly;
+        both end with ERROR {"stage": "generation", "msg": "Cancelled"}. False if the job had
+        already finished. Raises `JobNotFound`."""
+        verdict = self._sync_transport().cancel(self._keys(job_id))
+        if verdict == "missing":
+            raise JobNotFound(job_id, self.prefix)
+        return verdict in ("withdrawn", "requested")
+
+    def status(self, job_id: str) -> JobStatus:
+        """queued, running, done, failed, cancelled or not found (also settles a job whose
+        worker died or that no worker picked up in time)."""
+        return status_from_check(self._sync_transport().check(self._keys(job_id)))
+
+    def close(self) -> None:
+        """Close the sync connection pool (if this client created it)."""
+        if self._sync is not None and self._owns_sync:
+            self._sync.close()
+        self._sync = None
+
+    def __enter__(self) -> StreamingRAGClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- async surface ------------------------------------------------------------------------
+    async def asubmit(
+        self, query: str, context: dict[str, Any] | None = None, *, job_id: str | None = None
+    ) -> str:
+        """Async `submit`."""
+        plan = self._plan(query, context, job_id)
+        if not await self._async_transport().submit(plan):
+            raise DuplicateJob(plan.job_id)
+        return plan.job_id
+
+    def _afollow(
+        self, keys: JobKeys, after: str | None, *, known: bool = True
+    ) -> AsyncGenerator[StreamEvent, None]:
+        transport = self._async_transport()
+        if self.fanout:
+            assert self._fanout is not None
+            return self._fanout.follow(keys, after or "0-0", self._stats, known=known)
+        return self._afollow_alone(transport, keys, after, known)
+
+    async def _afollow_alone(
+        self, t: AsyncTransport, keys: JobKeys, after: str | None, known: bool
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Follow with this subscriber's own blocking reads (`fanout=False`)."""
+        if not known and await t.check(keys) == "missing":
+            raise JobNotFound(keys.job_id, keys.prefix)
+        self._stats.started()
+        f = Follower(keys, cursor=after or "0-0")
+        while not f.done:
+            block = None if f.final_seen else self._block_ms
+            events = f.take(await t.read(keys, f.cursor, block))
+            if events:
+                self._stats.saw_page(events)
+                for event in events:
+                    yield event
+            else:
+                f.on_idle(await t.check(keys))
+
+    def aevents(self, job_id: str, after: str | None = None) -> AsyncGenerator[StreamEvent, None]:
+        """Async `events` (call it inside the event loop that iterates it). Subscribers in one
+        client share one reader connection (see `streaming_rag_client._fanout`); `fanout=False`
+        gives each its own blocking reads."""
+        return self._afollow(self._keys(job_id), after, known=False)
+
+    async def areplay(self, job_id: str, speed: float = 0.0) -> AsyncGenerator[StreamEvent, None]:
+        """Async `replay`."""
+        started = time.monotonic()
+        async for event in self.aevents(job_id):
+            delay = replay_delay(event, started, time.monotonic(), speed)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield event
+
+    async def astream_events(
+        self, query: str, context: dict[str, Any] | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Async `stream_events`."""
+        job_id = await self.asubmit(query, context)
+        async with aclosing(self._afollow(self._keys(job_id), None)) as events:
+            async for event in events:
+                yield event
+
+    async def astream(
+        self, query: str, context: dict[str, Any] | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Async `stream`."""
+        async for event in self.astream_events(query, context):
+            if event.type is EventType.CHUNK:
+                yield event.data
+
+    async def aquery(self, query: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Async `query`."""
+        events = [e async for e in self.astream_events(query, context)]
+        return {"answer": "".join(str(e) for e in events), "events": events}
+
+    async def acancel(self, job_id: str) -> bool:
+        """Async `cancel`."""
+        verdict = await self._async_transport().cancel(self._keys(job_id))
+        if verdict == "missing":
+            raise JobNotFound(job_id, self.prefix)
+        return verdict in ("withdrawn", "requested")
+
+    async def astatus(self, job_id: str) -> JobStatus:
+        """Async `status`."""
+        return status_from_check(await self._async_transport().check(self._keys(job_id)))
+
+    async def aclose(self) -> None:
+        """Close the async connection pool (if this client created it) and the sync one."""
+        if self._fanout is not None:
+            await self._fanout.aclose()
+            self._fanout = None
+        if self._async is not None and self._owns_async:
+            await self._async.aclose()
+        self._async = None
+        self.close()
+
+    async def __aenter__(self) -> StreamingRAGClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,130 @@
+"""Server-sent events for the HTTP bridge, without any web framework: framing, keep-alives,
+resume cursors and a count of open streams (`streaming_rag_client.web` puts them on the wire).
+
+One SSE message per `StreamEvent`::
+
+    event: chunk
+    id: 1717171717171-3
+    data: {"data": "Hello", "latency": 0.0123}
+
+`data` is always a JSON object with two keys: `data`, the event's own data (a string for
+`chunk`, an object for every other type, see `EventType`), and `latency`, seconds since the
+answer's stream started. While no event is due, a comment line `: keep-alive` is sent every
+`keepalive_s` seconds so proxies and browsers keep the connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from streaming_rag import StreamEvent
+from streaming_rag.exceptions import InvalidRequest, JobNotFound
+
+__all__ = ["KEEPALIVE", "OpenStreams", "event_stream", "format_event", "resume_cursor"]
+
+KEEPALIVE = b": keep-alive\n\n"
+_ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+def format_event(event: StreamEvent) -> bytes:
+    """One SSE message: `event:`, `id:` (when the event has one) and a one-line JSON `data:`."""
+    payload = json.dumps(
+        {"data": event.data, "latency": event.latency},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,  # e.g. bytes in docs metadata: shown, never a crash mid-stream
+    )
+    head = f"event: {event.type.value}\n"
+    if event.id is not None:
+        head += f"id: {event.id}\n"
+    return f"{head}data: {payload}\n\n".encode()
+
+
+def resume_cursor(last_event_id: str | None, after: str | None) -> str | None:
+    """The entry id to resume after: the `Last-Event-ID` header (a browser reconnecting sends
+    it with the original URL, so it wins), else the `after` query parameter, else None.
+    Raises `InvalidRequest` for anything that is not a stream entry id."""
+    for name, value in (("Last-Event-ID", last_event_id), ("after", after)):
+        if value is None or value.strip() == "":
+            continue
+        value = value.strip()
+        if not _ENTRY_ID.fullmatch(value):
+            raise InvalidRequest(
+                f"{name} must be a stream entry id like 1717171717171-0 (the `id:` of an event "
+                f"this endpoint sent), got {value[:80]!r}"
+            )
+        return value
+    return None
+
+
+class OpenStreams:
+    """How many SSE responses are following a job right now (a gauge for metrics and tests)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle: list[asyncio.Future[None]] = []
+
+    def opened(self) -> None:
+        self.active += 1
+
+    def closed(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            waiters, self._idle = self._idle, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Return once no stream is open (at once if none is)."""
+        if self.active == 0:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        await waiter
+
+
+async def _next(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
+    """The next event, or None at the end (or when the job vanished, e.g. expired)."""
+    try:
+        return await anext(events)
+    except (StopAsyncIteration, JobNotFound):
+        return None
+
+
+async def event_stream(
+    events: AsyncGenerator[StreamEvent, None], keepalive_s: float, streams: OpenStreams
+) -> AsyncGenerator[bytes, None]:
+    """SSE bytes for `events`, with a keep-alive comment whenever `keepalive_s` pass without an
+    event. The pending read is never cancelled by a keep-alive (only by closing this
+    generator, e.g. when the HTTP client disconnects), and closing this generator closes
+    `events`, so no reader outlives the response. A job that vanishes mid-stream (expired)
+    just ends the stream."""
+    streams.opened()
+    pending: asyncio.Task[StreamEvent | None] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.create_task(_next(events))
+            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+            if not done:
+                yield KEEPALIVE
+                continue
+            task, pending = pending, None
+            event = task.result()
+            if event is None:
+                return
+            yield format_event(event)
+    finally:
+        try:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.wait({pending})
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: no "exception was never retrieved" noise
+            await events.aclose()
+        finally:
+            streams.closed()

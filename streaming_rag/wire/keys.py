@@ -1,0 +1,121 @@
+"""Key layout. Every key of one job carries the job id as a hash tag, so one job's keys share
+one Redis Cluster slot; the prefix separates deployments (and test runs) on one server.
+
+=============================  ======================================================
+key                            holds
+=============================  ======================================================
+``{prefix}:{<job_id>}:events``   the job's event stream (one entry per `StreamEvent`)
+``{prefix}:{<job_id>}:job``      hash: status, created_ms, start_deadline_ms, started_ms,
+                                 finished_ms, worker, cancel
+``{prefix}:{<job_id>}:lease``    the running worker's liveness lease (short TTL)
+``{prefix}:queue``               the arq queue (sorted set of arq job ids)
+``{prefix}:cancel``              pub/sub channel: job ids whose cancellation was asked
+``{prefix}:wake``                list: each submit pushes its arq job id; an idle worker BLPOPs it
+``arq:job:{prefix}:<job_id>``    arq's own job record (arq's fixed key prefix)
+=============================  ======================================================
+
+The arq job id is ``{prefix}:<job_id>`` so two deployments never share an arq job record.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from ..exceptions import InvalidRequest
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_REDIS_URL",
+    "JobKeys",
+    "new_job_id",
+    "validate_job_id",
+    "validate_prefix",
+]
+
+DEFAULT_PREFIX = "srag"
+#: The server used when neither an argument nor `REDIS_URL` names one.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+ARQ_JOB_KEY_PREFIX = "arq:job:"  # arq.constants.job_key_prefix
+_JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def new_job_id() -> str:
+    """A fresh random job id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return `job_id` if it is 1-128 of `A-Z a-z 0-9 . _ -`, else raise `InvalidRequest`."""
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise InvalidRequest(
+            f"job_id must be 1-128 characters of letters, digits, '.', '_' or '-'; got {job_id!r}"
+        )
+    return job_id
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return `prefix` if it is 1-64 of `A-Z a-z 0-9 . _ : -`, else raise `InvalidRequest`."""
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise InvalidRequest(
+            f"prefix must be 1-64 characters of letters, digits, '.', '_', ':' or '-'; "
+            f"got {prefix!r}"
+        )
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class JobKeys:
+    """All key names of one job under one prefix."""
+
+    prefix: str
+    job_id: str
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:{{{self.job_id}}}:events"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}:{{{self.job_id}}}:job"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.prefix}:{{{self.job_id}}}:lease"
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.prefix)
+
+    @property
+    def cancel_channel(self) -> str:
+        return cancel_channel(self.prefix)
+
+    @property
+    def wake(self) -> str:
+        return wake_key(self.prefix)
+
+    @property
+    def arq_job_id(self) -> str:
+        return f"{self.prefix}:{self.job_id}"
+
+    @property
+    def arq_job(self) -> str:
+        return ARQ_JOB_KEY_PREFIX + self.arq_job_id
+
+
+def queue_name(prefix: str) -> str:
+    """The arq queue (sorted set) of a deployment."""
+    return f"{prefix}:queue"
+
+
+def cancel_channel(prefix: str) -> str:
+    """The pub/sub channel on which cancellations are announced to workers."""
+    return f"{prefix}:cancel"
+
+
+def wake_key(prefix: str) -> str:
+    """The list on which each submit pushes one wake-up token for an idle worker."""
+    return f"{prefix}:wake"

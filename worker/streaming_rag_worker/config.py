@@ -1,0 +1,107 @@
+"""`WorkerConfig`: every setting of a worker, validated loudly, from arguments or env."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from streaming_rag.exceptions import WorkerConfigError
+from streaming_rag.wire import DEFAULT_PREFIX, validate_prefix
+from streaming_rag.wire.keys import DEFAULT_REDIS_URL
+
+__all__ = ["DEFAULT_REDIS_URL", "WorkerConfig"]
+
+
+def _default_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig:
+    """Settings of one worker process. Durations are seconds, named with `_s`.
+
+    `app` is the import path `module:factory` of a zero-argument callable returning a
+    `StreamingRAG` (built once per process at startup). `concurrency` is arq's `max_jobs`.
+    `lease_s` is the liveness lease TTL, refreshed every `heartbeat_s` (and by every publish).
+    `retention_s` is how long a finished job's keys live. `max_events` caps one job's stream.
+    `shutdown_grace_s` is how long running jobs may finish after SIGTERM before they end with
+    an ERROR. `job_timeout_s` is arq's hard limit on one job.
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = DEFAULT_PREFIX
+    app: str | None = None
+    concurrency: int = 100
+    retention_s: float = 3600.0
+    lease_s: float = 3.0
+    heartbeat_s: float = 1.0
+    max_events: int = 100_000
+    shutdown_grace_s: float = 10.0
+    job_timeout_s: float = 3600.0
+    name: str = field(default_factory=_default_name)
+
+    def __post_init__(self) -> None:
+        try:
+            validate_prefix(self.prefix)
+        except ValueError as exc:
+            raise WorkerConfigError(str(exc)) from None
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise WorkerConfigError(
+                f"redis_url must start with redis://, rediss:// or unix://; got {self.redis_url!r}"
+            )
+        if self.concurrency < 1:
+            raise WorkerConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.max_events < 2:
+            raise WorkerConfigError(f"max_events must be >= 2, got {self.max_events}")
+        for name in ("retention_s", "lease_s", "heartbeat_s", "job_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise WorkerConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.shutdown_grace_s < 0:
+            raise WorkerConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise WorkerConfigError(
+                f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s "
+                f"({self.lease_s}) so the lease is refreshed well before it expires"
+            )
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease_s * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.retention_s * 1000)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WorkerConfig:
+        """Read `REDIS_URL`, `STREAMING_RAG_APP`, `STREAMING_RAG_PREFIX`,
+        `STREAMING_RAG_CONCURRENCY`, `STREAMING_RAG_RETENTION_S`; `overrides` win (None
+        values are ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        names = {
+            "REDIS_URL": ("redis_url", str),
+            "STREAMING_RAG_APP": ("app", str),
+            "STREAMING_RAG_PREFIX": ("prefix", str),
+            "STREAMING_RAG_CONCURRENCY": ("concurrency", int),
+            "STREAMING_RAG_RETENTION_S": ("retention_s", float),
+        }
+        for var, (attr, conv) in names.items():
+            raw = env.get(var)
+            if raw:
+                try:
+                    values[attr] = conv(raw)
+                except ValueError:
+                    raise WorkerConfigError(
+                        f"{var}={raw!r} is not a valid {conv.__name__}"
+                    ) from None
+        known = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise WorkerConfigError(f"unknown worker setting {key!r}")
+            if value is not None:
+                values[key] = value
+        return cls(**values)  # type: ignore[arg-type]

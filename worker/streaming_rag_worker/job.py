@@ -1,0 +1,179 @@
+"""The arq job function: one query in, every event out to the job's Redis Stream.
+
+Lifecycle of one job on a worker:
+
+1. START script: `queued` → `running` and the lease is taken. A job that was withdrawn or
+   cancelled while queued (or is unknown) is skipped.
+2. The pipeline's `astream_events` runs in a task; each event is encoded and handed to the
+   `Publisher` as it comes (order kept). A heartbeat task refreshes the lease every
+   `heartbeat_s` and watches for a cancellation flag; the worker's pub/sub listener delivers
+   cancellations at once.
+3. The terminal event ends the job: GENERATION_DONE → `done`, ERROR → `failed`. Synthetic
+   terminal events written here: cancellation → ERROR {"stage": "generation", "msg":
+   "Cancelled"} (`cancelled`); the event cap → ERROR {"stage": "generation"} (`failed`); an
+   exception escaping the pipeline (e.g. a callback) → ERROR {"stage": "worker"}; worker
+   shutdown → ERROR {"stage": "worker", "msg": "Worker shut down"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from streaming_rag import EventType, StreamingRAG
+from streaming_rag.exceptions import InvalidRequest
+from streaming_rag.wire import JobKeys, encode_event
+from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
+from streaming_rag.wire.scripts import HEARTBEAT, START
+
+from .config import WorkerConfig
+from .publisher import JobLost, Publisher
+
+__all__ = ["JOB_FUNCTION", "CANCELLED_MSG", "SHUTDOWN_MSG", "WorkerState", "run_query"]
+
+logger = logging.getLogger("streaming_rag.worker")
+
+CANCELLED_MSG = "Cancelled"
+SHUTDOWN_MSG = "Worker shut down"
+
+_FINAL_STATUS = {EventType.GENERATION_DONE: "done", EventType.ERROR: "failed"}
+
+
+class _Cancelled(Exception):
+    """Raised into the pump when the job was cancelled or lost its ownership."""
+
+
+class WorkerState:
+    """Per-process state shared by every job: config, pipeline, publisher, running jobs."""
+
+    def __init__(self, config: WorkerConfig, rag: StreamingRAG, redis: Any) -> None:
+        self.config = config
+        self.rag = rag
+        self.redis = redis
+        self.publisher = Publisher(
+            redis, lease_ms=config.lease_ms, retention_ms=config.retention_ms
+        )
+        self.start_script = redis.register_script(START)
+        self.heartbeat_script = redis.register_script(HEARTBEAT)
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        #: START verdicts of jobs the worker's CLAIM script already started (job id → verdict)
+        self.started: dict[str, str] = {}
+        self.cancel_requested: set[str] = set()
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Cancel a job running in this process; False if it does not run here."""
+        task = self.running.get(job_id)
+        if task is None or task.done():
+            return False
+        self.cancel_requested.add(job_id)
+        task.cancel()
+        return True
+
+
+async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
+    cfg = state.config
+    while True:
+        await asyncio.sleep(cfg.heartbeat_s)
+        try:
+            status = await state.heartbeat_script(
+                keys=[keys.meta, keys.lease], args=[cfg.lease_ms, cfg.name]
+            )
+        except Exception as exc:  # a blip: the next beat retries, the lease has slack
+            logger.warning("heartbeat for job %s failed: %s", keys.job_id, exc)
+            continue
+        status = status.decode() if isinstance(status, bytes) else status
+        if status == "cancel":
+            state.request_cancel(keys.job_id)
+        elif status != "running":
+            pump = state.running.get(keys.job_id)
+            if pump is None or pump.done():
+                return  # the job just finished here: its terminal event is being written
+            logger.warning("job %s is %s in Redis; stopping it here", keys.job_id, status)
+            state.request_cancel(keys.job_id)
+
+
+async def _pump(state: WorkerState, keys: JobKeys, query: str, context: Any) -> tuple[bytes, str]:
+    """Publish every event; return the encoded terminal event and the final status."""
+    publisher, cap = state.publisher, state.config.max_events
+    count = 0
+    t0 = time.perf_counter()
+    async with contextlib.aclosing(state.rag.astream_events(query, context)) as events:
+        async for event in events:
+            payload = encode_event(event.type, event.data, event.latency)
+            final = _FINAL_STATUS.get(event.type)
+            if final is not None:
+                return payload, final
+            count += 1
+            if count >= cap:
+                msg = f"Event limit reached: the job produced more than {cap} events"
+                latency = round(time.perf_counter() - t0, 4)
+                return encode_event(
+                    EventType.ERROR, {"msg": msg, "stage": "generation"}, latency
+                ), "failed"
+            await publisher.publish(keys, payload)
+    msg = "the pipeline ended without a terminal event"  # pragma: no cover - spec forbids it
+    return encode_event(EventType.ERROR, {"msg": msg, "stage": "worker"}, 0.0), "failed"
+
+
+async def run_query(ctx: dict[str, Any], *, job_id: str, request: Any) -> str:
+    """arq job: answer one query onto the job's stream. Returns the job's final status."""
+    state: WorkerState = ctx["streaming_rag"]
+    keys = JobKeys(state.config.prefix, job_id)
+    cfg = state.config
+    started: Any = state.started.pop(job_id, None)
+    if (
+        started is None
+    ):  # not claimed by StreamingWorker (e.g. `arq streaming_rag_worker.WorkerSettings`)
+        started = await state.start_script(
+            keys=[keys.meta, keys.lease], args=[cfg.lease_ms, cfg.name]
+        )
+        started = started.decode() if isinstance(started, bytes) else started
+    if started != "ok":
+        logger.info("job %s not started: it is %s", job_id, started)
+        return str(started)
+    t0 = time.perf_counter()
+
+    def error(stage: str, msg: str) -> bytes:
+        latency = round(time.perf_counter() - t0, 4)
+        return encode_event(EventType.ERROR, {"msg": msg, "stage": stage}, latency)
+
+    try:
+        req = request_from_payload(request)
+    except InvalidRequest as exc:
+        await state.publisher.finish(keys, error("queue", f"invalid job payload: {exc}"), "failed")
+        return "failed"
+
+    pump = asyncio.create_task(_pump(state, keys, req.query, req.context))
+    state.running[job_id] = pump
+    beat = asyncio.create_task(_heartbeat(state, keys))
+    terminal: bytes
+    status: str
+    try:
+        try:
+            terminal, status = await asyncio.shield(pump)
+        except asyncio.CancelledError:
+            if pump.cancelled() and job_id in state.cancel_requested:
+                terminal, status = error("generation", CANCELLED_MSG), "cancelled"
+            else:  # the worker is shutting down (arq cancelled this job)
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+                await asyncio.shield(
+                    state.publisher.finish(keys, error("worker", SHUTDOWN_MSG), "failed")
+                )
+                raise
+        except JobLost:
+            logger.warning("job %s was taken from this worker (lease lost); stopping", job_id)
+            return "lost"
+        except Exception as exc:
+            logger.exception("job %s: the pipeline raised", job_id)
+            terminal, status = error("worker", str(exc) or type(exc).__name__), "failed"
+        written = await asyncio.shield(state.publisher.finish(keys, terminal, status))
+        return status if written else "lost"
+    finally:
+        beat.cancel()
+        state.running.pop(job_id, None)
+        state.cancel_requested.discard(job_id)

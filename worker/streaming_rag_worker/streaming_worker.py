@@ -1,0 +1,221 @@
+"""`StreamingWorker`: arq's `Worker`, started by wake-ups instead of polling.
+
+Stock arq sleeps `poll_delay` (0.5 s) between queue polls, so a job waits ~250 ms on average
+before it starts. Here, between polls, an idle worker blocks in BLPOP on the prefix's wake list
+(`{prefix}:wake`), to which every submit pushes its arq job id in the same round trip as the
+enqueue. The popped id goes straight to one CLAIM script call (arq's in-progress marker, the
+job's START, the arq record and its try count), and the job runs with no further round trip.
+An idle worker costs no CPU (the server holds the BLPOP); one token wakes exactly one worker
+(no stampede); a worker at `max_jobs` takes no tokens (it waits for a free slot, leaving them
+to idle peers); `poll_delay` remains the fallback period for deferred jobs and lost tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from arq.connections import create_pool, log_redis_info
+from arq.jobs import deserialize_job_raw
+from arq.utils import ms_to_datetime, timestamp_ms
+from arq.worker import Worker
+from redis.exceptions import RedisError
+
+from streaming_rag.wire.models import JOB_FUNCTION
+from streaming_rag.wire.scripts import CLAIM
+
+__all__ = ["StreamingWorker"]
+
+logger = logging.getLogger("streaming_rag.worker")
+
+
+class StreamingWorker(Worker):
+    """arq's `Worker`, woken by submits instead of polling (see the module docstring), with
+    a graceful `stop()` and a `close()` that never raises a job's cancellation."""
+
+    _wake_client: Any = None
+    _slot_freed: asyncio.Event | None = None
+    _claim: Any = None
+    _prefetched: dict[str, bytes]
+
+    async def main(self) -> None:
+        # arq's Worker.main, with the fixed-period poll replaced by `_wait_for_work`.
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        logger.info(
+            "starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions)
+        )
+        await log_redis_info(self.pool, logger.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        # BLPOP holds its connection: give it one of its own, on the same server.
+        self._prefetched = {}
+        self._wake_client = self.pool.client()
+        self._slot_freed = asyncio.Event()
+        wake = self.ctx.get("streaming_rag_wake_key")
+        self._claim = self.pool.register_script(CLAIM)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._poll_iteration()
+                if self.burst:
+                    if 0 <= self.max_burst_jobs <= self._jobs_started():
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                    if await self.pool.zcard(self.queue_name) == 0:
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                # Between full polls: start each job as its wake-up token arrives.
+                next_poll = loop.time() + self.poll_delay_s
+                while (remaining := next_poll - loop.time()) > 0:
+                    job_id = await self._wait_for_work(wake, remaining)
+                    if job_id is None:
+                        break
+                    await self.start_jobs([job_id])
+        finally:
+            client, self._wake_client = self._wake_client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    async def _wait_for_work(self, wake_key: str | None, timeout_s: float) -> bytes | None:
+        """A job id from a submit's wake-up token; None after `timeout_s`, or as soon as a
+        slot frees up while the worker is full (time for a full poll)."""
+        assert self._slot_freed is not None
+        if not self.allow_pick_jobs or wake_key is None:
+            await asyncio.sleep(timeout_s)
+            return None
+        if self.job_counter >= self.max_jobs:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._slot_freed.wait()
+            return None
+        try:
+            popped = await self._wake_client.blpop([wake_key], timeout=max(timeout_s, 0.01))
+        except (OSError, RedisError) as exc:  # a blip: fall back to the timed poll
+            logger.warning("waiting for wake-ups failed (%s); polling instead", exc)
+            await asyncio.sleep(timeout_s)
+            return None
+        return popped[1] if popped else None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim up to the free slots' worth of `job_ids` and START them in one script call,
+        then run each (the job function finds its START verdict in `state.started`; the
+        arq record and try count the script returned spare `run_job` a round trip)."""
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids or not self.allow_pick_jobs:
+            return
+        state = self.ctx["streaming_rag"]
+        cfg = state.config
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        args = [ttl_ms, timestamp_ms(), cfg.lease_ms, cfg.name, cfg.prefix, *job_ids[:free]]
+        claimed = await self._claim(keys=[self.queue_name], args=args)
+        head = len(cfg.prefix) + 1
+        for i in range(0, len(claimed), 5):
+            job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else claimed[i]
+            score = int(float(claimed[i + 1]))
+            state.started[job_id[head:]] = claimed[i + 2].decode()
+            if claimed[i + 3] and int(claimed[i + 4]) == 1:
+                self._prefetched[job_id] = claimed[i + 3]
+            await self.sem.acquire()  # never waits: at most `free` jobs were claimed
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop picking jobs, let running jobs finish for `grace_s` seconds (default: the
+        configured shutdown grace), cancel the rest (each still ends its stream with an
+        ERROR), then close the worker's connections."""
+        self.allow_pick_jobs = False
+        grace = self._job_completion_wait if grace_s is None else grace_s
+        pending = [t for t in self.tasks.values() if not t.done()]
+        if pending and grace > 0:
+            await asyncio.wait(pending, timeout=grace)
+        for task in self.tasks.values():
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        if self.main_task is not None and not self.main_task.done():
+            self.main_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.main_task
+        await self.close()
+
+    async def close(self) -> None:
+        # arq's close(), but a job task's exception or cancellation is not re-raised here.
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """Run a job CLAIM prefetched (first try, our function) without arq's extra round
+        trip (GET record, INCR try); anything else goes through arq's own `run_job`."""
+        record = self._prefetched.pop(job_id, None)
+        if record is None:
+            return await self._run_job_by_arq(job_id, score)
+        try:
+            name, args, kwargs, _, enqueue_ms = deserialize_job_raw(
+                record, deserializer=self.job_deserializer
+            )
+        except Exception:
+            return await self._run_job_by_arq(job_id, score)  # arq reports it as it should
+        function = self.functions.get(name)
+        if name != JOB_FUNCTION or function is None or hasattr(function, "next_run"):
+            return await self._run_job_by_arq(job_id, score)
+        ctx = {
+            **self.ctx,
+            "job_id": job_id,
+            "job_try": 1,
+            "enqueue_time": ms_to_datetime(enqueue_ms),
+            "score": score,
+        }
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        self.job_tasks[job_id] = task
+        started = timestamp_ms()
+        try:
+            await asyncio.wait_for(task, timeout_s)
+        except (Exception, asyncio.CancelledError) as exc:  # as arq: recorded, not retried
+            self.jobs_failed += 1
+            logger.warning("job %s failed after %d ms: %r", job_id, timestamp_ms() - started, exc)
+        else:
+            self.jobs_complete += 1
+        finally:
+            del self.job_tasks[job_id]
+        await asyncio.shield(self.finish_job(job_id, True, None, None, False, None, None))
+
+    async def _run_job_by_arq(self, job_id: str, score: int) -> None:
+        """arq's own `run_job`; then drop the START verdict CLAIM left for the job function
+        (arq may fail the job before the function runs and takes it)."""
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            state = self.ctx.get("streaming_rag")
+            if state is not None:
+                state.started.pop(job_id[len(state.config.prefix) + 1 :], None)
