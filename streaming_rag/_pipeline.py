@@ -6,7 +6,6 @@ import asyncio
 import copy
 import inspect
 import logging
-import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from contextlib import aclosing, closing
@@ -20,6 +19,7 @@ from ._generation import Strategy, open_stream, select_strategy
 from ._sync_bridge import iterate_in_thread
 from ._threads import run_in_thread
 from .exceptions import BackendError, NoGeneratorError
+from .stats import StreamStats
 
 __all__ = ["StreamingRAG"]
 
@@ -93,12 +93,7 @@ class StreamingRAG:
         self.strategy: Strategy = select_strategy(self.llm)
         self.on_chunk = on_chunk
         self.on_event = on_event
-        self._lock = threading.Lock()
-        self._total_streams = 0
-        self._total_chunks = 0
-        self._total_errors = 0
-        self._total_latency = 0.0
-        self._completed_streams = 0
+        self._stats = StreamStats()
 
     def __repr__(self) -> str:
         return f"StreamingRAG(llm={self.strategy}, chunk_size={self.config.chunk_size})"
@@ -108,14 +103,7 @@ class StreamingRAG:
     def stats(self) -> dict[str, Any]:
         """Cumulative counters since construction; `avg_stream_latency_s` over completed
         streams (those that reached GENERATION_DONE), 3 decimals, `0.0` before any."""
-        with self._lock:
-            done = self._completed_streams
-            return {
-                "total_streams": self._total_streams,
-                "total_chunks": self._total_chunks,
-                "total_errors": self._total_errors,
-                "avg_stream_latency_s": round(self._total_latency / done, 3) if done else 0.0,
-            }
+        return self._stats.snapshot()
 
     # -- the core ---------------------------------------------------------------------------
     def _check_generator(self) -> None:
@@ -140,8 +128,7 @@ class StreamingRAG:
     def _event(self, type_: EventType, data: Any, latency: float) -> StreamEvent:
         event = StreamEvent(type_, data, latency)
         if type_ is EventType.ERROR:
-            with self._lock:
-                self._total_errors += 1
+            self._stats.errored()
             logger.info("stream ended with an error at %s: %s", data["stage"], data["msg"])
         if self.on_event is not None:
             self.on_event(event)
@@ -161,8 +148,7 @@ class StreamingRAG:
         """
         self._check_generator()
         cfg = self.config
-        with self._lock:
-            self._total_streams += 1
+        self._stats.started()
         clock = time.perf_counter
         t0 = clock()
         yield self._event(EventType.RETRIEVAL_START, {"query": query}, 0.0)
@@ -249,8 +235,7 @@ class StreamingRAG:
                 yield event
         finally:
             deadline.disarm()
-            with self._lock:
-                self._total_chunks += chunks
+            self._stats.add_chunks(chunks)
             if source is not None:
                 await _close_source(source)
 
@@ -259,9 +244,7 @@ class StreamingRAG:
             yield self._event(EventType.ERROR, data, _latency(clock() - t0))
             return
         total = _latency(clock() - t0)
-        with self._lock:
-            self._completed_streams += 1
-            self._total_latency += total
+        self._stats.completed(total)
         yield self._event(EventType.GENERATION_DONE, {"total_latency": total}, total)
 
     async def astream(

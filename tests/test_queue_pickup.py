@@ -54,7 +54,7 @@ async def test_a_full_worker_leaves_the_wake_up_to_an_idle_peer(
                 assert events[-1].type is EventType.GENERATION_DONE
                 assert await aredis_client.llen(wake_key(key_prefix)) == 0  # B took the token
                 meta = await aredis_client.hgetall(JobKeys(key_prefix, second).meta)
-                assert meta[b"worker"].decode() == b.ctx["streaming_rag"].config.name
+                assert meta[b"worker"].decode() == b.runtime.config.name
             assert await client.astatus(first) is JobStatus.RUNNING
             assert busy_llm.release is not None
             busy_llm.release.set()

@@ -29,7 +29,7 @@ async def test_concurrent_jobs_are_coalesced_yet_each_stream_is_exact(
             traces = await asyncio.gather(*(trace(j) for j in ids))
         finally:
             await rag.aclose()
-        publisher = worker.ctx["streaming_rag"].publisher
+        publisher = worker.runtime.state.publisher
     for job_id, events in zip(ids, traces, strict=True):
         assert [e.data for e in events if e.is_chunk] == [w + " " for w in WORDS]
         assert events[-1].type is EventType.GENERATION_DONE

@@ -98,7 +98,7 @@ async def test_disconnect_after_3_events_and_resume_exactly_after_the_last_one(
         await asyncio.wait_for(stack.app.state.streams.wait_idle(), WAIT_S)
         assert stack.app.state.streams.active == 0
         assert stack.rag._fanout is not None
-        assert not stack.rag._fanout._subs  # the shared reader follows nothing any more
+        assert stack.rag._fanout.watching == 0  # the shared reader follows nothing any more
         assert not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "_next"]
 
         last = first[-1].id

@@ -14,6 +14,7 @@ import redis.asyncio
 
 from streaming_rag import EventType, StreamEvent
 from streaming_rag.exceptions import DuplicateJob, JobNotFound
+from streaming_rag.stats import StreamStats
 from streaming_rag.wire import (
     DEFAULT_MAX_QUERY_CHARS,
     DEFAULT_PREFIX,
@@ -26,7 +27,6 @@ from streaming_rag.wire.keys import DEFAULT_REDIS_URL
 from ._core import (
     Follower,
     JobStatus,
-    StatsCounter,
     SubmitPlan,
     plan_submit,
     replay_delay,
@@ -96,7 +96,7 @@ class StreamingRAGClient:
         self.fanout = fanout
         self.fanout_buffer = fanout_buffer
         self._fanout: Fanout | None = None
-        self._stats = StatsCounter()
+        self._stats = StreamStats()
 
     def __repr__(self) -> str:
         return f"StreamingRAGClient(url={redacted(self.url)!r}, prefix={self.prefix!r})"
@@ -158,7 +158,7 @@ class StreamingRAGClient:
         f = Follower(keys, cursor=after or "0-0")
         self._stats.started()
         while not f.done:
-            events = f.take(t.read(keys, f.cursor, None if f.final_seen else self._block_ms))
+            events = f.take(t.read(keys, f.cursor, self._block_ms if f.may_block else None))
             if events:
                 self._stats.saw_page(events)
                 yield from events
@@ -257,7 +257,7 @@ class StreamingRAGClient:
         self._stats.started()
         f = Follower(keys, cursor=after or "0-0")
         while not f.done:
-            block = None if f.final_seen else self._block_ms
+            block = self._block_ms if f.may_block else None
             events = f.take(await t.read(keys, f.cursor, block))
             if events:
                 self._stats.saw_page(events)

@@ -16,28 +16,30 @@ Following a job (`Follower`):
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from streaming_rag import EventType, StreamEvent
+from streaming_rag import StreamEvent
 from streaming_rag.exceptions import JobNotFound
 from streaming_rag.wire import JobKeys, decode_entries, new_job_id, parse_request, validate_job_id
 from streaming_rag.wire.models import arq_job_record
+from streaming_rag.wire.scripts import ScriptCall, submit_call
 
 __all__ = [
+    "ENDED_NOW",
     "FINAL_STATUSES",
     "Follower",
     "JobStatus",
-    "StatsCounter",
     "SubmitPlan",
     "entry_id_key",
     "replay_delay",
 ]
 
 FINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
+#: CHECK verdicts meaning "this call has just appended the job's terminal ERROR".
+ENDED_NOW = frozenset({"lost", "withdrawn"})
 
 
 class JobStatus(StrEnum):
@@ -65,16 +67,11 @@ class SubmitPlan:
     """Everything one SUBMIT script call needs."""
 
     keys: JobKeys
-    args: list[Any]
+    call: ScriptCall
 
     @property
     def job_id(self) -> str:
         return self.keys.job_id
-
-    @property
-    def script_keys(self) -> list[str]:
-        k = self.keys
-        return [k.meta, k.events, k.arq_job, k.queue, k.wake]
 
 
 def plan_submit(
@@ -95,15 +92,14 @@ def plan_submit(
     start_timeout_ms = int(start_timeout_s * 1000)
     record_ttl_ms = start_timeout_ms + int(retention_s * 1000)
     record = arq_job_record(jid, request, now_ms)
-    return SubmitPlan(keys, [keys.arq_job_id, record, now_ms, start_timeout_ms, record_ttl_ms])
-
-
-def check_keys(keys: JobKeys) -> list[str]:
-    return [keys.meta, keys.lease, keys.events, keys.queue, keys.arq_job]
-
-
-def cancel_keys(keys: JobKeys) -> list[str]:
-    return [keys.meta, keys.events, keys.queue, keys.arq_job]
+    call = submit_call(
+        keys,
+        record=record,
+        now_ms=now_ms,
+        start_timeout_ms=start_timeout_ms,
+        record_ttl_ms=record_ttl_ms,
+    )
+    return SubmitPlan(keys, call)
 
 
 def stream_entries(response: Any) -> Any:
@@ -129,7 +125,13 @@ def text(value: Any) -> str:
 
 @dataclass
 class Follower:
-    """The state of following one job's stream: cursor, end, and what to do next."""
+    """The state of following one job's stream: cursor, end, and what to do next.
+
+    Every reader drives it: the sync and async twins' own reads, each fan-out subscriber, and
+    the fan-out reader for each watched stream. The I/O around it is a loop of
+    `take(read(cursor, block if may_block else None))` and, after an empty read,
+    `on_idle(check())`.
+    """
 
     keys: JobKeys
     cursor: str = "0-0"
@@ -140,6 +142,11 @@ class Follower:
     @property
     def job_id(self) -> str:
         return self.keys.job_id
+
+    @property
+    def may_block(self) -> bool:
+        """Whether the next read may block: not once the job is known to have ended."""
+        return not self.final_seen
 
     def take(self, response: Any) -> list[StreamEvent]:
         """Decode a raw XREAD response (or raw XRANGE entries) for this job; stops after
@@ -153,69 +160,33 @@ class Follower:
             self.done = events[-1].is_terminal
         return events
 
-    def on_idle(self, verdict: str) -> None:
-        """Digest a CHECK verdict after a read that returned nothing."""
+    def advance(self, event: StreamEvent) -> None:
+        """Move past one event handed over by someone else's read (the fan-out)."""
+        self.cursor = event.id or self.cursor
+        self.seen += 1
+        self.done = event.is_terminal
+
+    def on_idle(self, verdict: str) -> bool:
+        """Digest a CHECK verdict after a read that returned nothing. Raises `JobNotFound`
+        for `missing`. Returns True when the job's terminal entry is known to exist now (a
+        final status, or CHECK has just appended the ERROR of a lost or withdrawn job): the
+        next read need not wait. A second empty read after a final status ends the follow:
+        the job ended at or before the cursor."""
         if verdict == "missing":
             raise JobNotFound(self.job_id, self.keys.prefix)
         if self.final_seen:
-            self.done = True  # the final status was set and nothing follows the cursor
-        elif verdict in FINAL_STATUSES:
+            self.done = True
+            return False
+        if verdict in FINAL_STATUSES:
             self.final_seen = True
+            return True
+        return verdict in ENDED_NOW
 
-
-@dataclass
-class StatsCounter:
-    """The spec's `stats` over the streams a client consumed (thread-safe)."""
-
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    streams: int = 0
-    chunks: int = 0
-    errors: int = 0
-    completed: int = 0
-    latency: float = 0.0
-
-    def started(self) -> None:
-        with self._lock:
-            self.streams += 1
-
-    def add_chunks(self, n: int) -> None:
-        """Count `n` chunks at once (followers count locally and add when they end)."""
-        if n:
-            with self._lock:
-                self.chunks += n
-
-    def saw_page(self, events: list[StreamEvent]) -> None:
-        """Count a page of events: chunks in one locked addition, others one by one."""
-        chunks = 0
-        for event in events:
-            if event.type is EventType.CHUNK:
-                chunks += 1
-            else:
-                self.saw(event)
-        self.add_chunks(chunks)
-
-    def saw(self, event: StreamEvent) -> None:
-        t = event.type
-        if t is EventType.CHUNK:
-            with self._lock:
-                self.chunks += 1
-        elif t is EventType.ERROR:
-            with self._lock:
-                self.errors += 1
-        elif t is EventType.GENERATION_DONE:
-            with self._lock:
-                self.completed += 1
-                self.latency += float(event.data.get("total_latency", event.latency))
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            done = self.completed
-            return {
-                "total_streams": self.streams,
-                "total_chunks": self.chunks,
-                "total_errors": self.errors,
-                "avg_stream_latency_s": round(self.latency / done, 3) if done else 0.0,
-            }
+    def settle(self) -> None:
+        """A catch-up read came back short after a final status was seen: nothing follows
+        the cursor, so the follow is over."""
+        if self.final_seen:
+            self.done = True
 
 
 def replay_delay(event: StreamEvent, started: float, now: float, speed: float) -> float:

@@ -33,10 +33,11 @@ from typing import Any
 
 from streaming_rag import EventType, StreamEvent
 from streaming_rag.exceptions import JobNotFound
+from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, decode_entries
 from streaming_rag.wire.codec import decode_raw_entry
 
-from ._core import FINAL_STATUSES, StatsCounter, entry_id_key, stream_entries, text
+from ._core import Follower, entry_id_key, text
 from ._transport import READ_COUNT, AsyncTransport, raw_view
 
 __all__ = ["Fanout"]
@@ -45,7 +46,6 @@ logger = logging.getLogger("streaming_rag.client")
 
 _OVERFLOW = object()
 _CHUNK = EventType.CHUNK
-_MISSING = object()
 
 
 class _Raise:
@@ -78,6 +78,18 @@ class _Subscriber:
         return not full
 
 
+class _Watched:
+    """One stream the reader follows: its `Follower` (the reader's cursor), its subscribers,
+    and when it last saw an entry (for the liveness CHECK)."""
+
+    __slots__ = ("follower", "last_seen", "subs")
+
+    def __init__(self, keys: JobKeys, cursor: str, now: float) -> None:
+        self.follower = Follower(keys, cursor=cursor)
+        self.subs: set[_Subscriber] = set()
+        self.last_seen = now
+
+
 class Fanout:
     """The shared reader of one async client (one event loop)."""
 
@@ -87,64 +99,60 @@ class Fanout:
         self._t = transport
         self._poll_s = poll_interval_s
         self._buffer_size = buffer_size
-        self._subs: dict[str, set[_Subscriber]] = {}
-        self._cursors: dict[str, str] = {}
-        self._keys: dict[str, JobKeys] = {}
-        self._last_seen: dict[str, float] = {}
+        self._watched: dict[str, _Watched] = {}
         self._reader: asyncio.Task[None] | None = None
         self._conn: Any = None
         self._conn_id: int | None = None
         self._blocked = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def watching(self) -> int:
+        """How many streams the shared reader follows now."""
+        return len(self._watched)
+
     # -- subscriber side ----------------------------------------------------------------------
     async def follow(
-        self, keys: JobKeys, cursor: str, stats: StatsCounter, *, known: bool = False
+        self, keys: JobKeys, cursor: str, stats: StreamStats, *, known: bool = False
     ) -> AsyncGenerator[StreamEvent, None]:
         """Every event after `cursor` until the terminal one, counted into `stats`. `known`:
         the job is known to exist (skips the existence check when nothing is there yet)."""
         stats.started()
         saw = stats.saw
         chunks = 0  # counted here, added to stats once at the end: no lock per event
+        f = Follower(keys, cursor=cursor)
         try:
             t = self._t
-            final = False
             while True:
                 # 1. catch up by ourselves
                 while True:
-                    events, done = self._decode(keys, await t.read(keys, cursor, None))
+                    events = f.take(await t.read(keys, f.cursor, None))
                     stats.saw_page(events)
                     for event in events:
-                        cursor = event.id or cursor
                         yield event
-                    if done:
+                    if f.done:
                         return
                     if len(events) < READ_COUNT:
                         break
-                if final:
+                f.settle()
+                if f.done:
                     return  # the job ended at or before our cursor
                 if not known:
-                    verdict = await t.check(keys)
-                    if verdict == "missing":
-                        raise JobNotFound(keys.job_id, keys.prefix)
+                    ended = f.on_idle(await t.check(keys))
                     known = True
-                    if verdict in FINAL_STATUSES or verdict in ("lost", "withdrawn"):
-                        final = True  # its terminal entry exists: one more read decides
-                        continue
+                    if ended:
+                        continue  # its terminal entry exists: one more read decides
                 # 2. join the fan-out and read the gap, if the reader is ahead of us
-                sub = self._join(keys, cursor)
+                sub, ahead = self._join(keys, f.cursor)
                 try:
-                    ahead = self._cursors[keys.events]
-                    if entry_id_key(ahead) > entry_id_key(cursor):
-                        gap = await t.range_after(keys, cursor, ahead)
-                        events, done = self._decode(keys, gap)
+                    if entry_id_key(ahead) > entry_id_key(f.cursor):
+                        events = f.take(await t.range_after(keys, f.cursor, ahead))
                         stats.saw_page(events)
                         for event in events:
-                            cursor = event.id or cursor
                             yield event
-                        if done:
+                        if f.done:
                             return
-                    sub.skip_to = entry_id_key(cursor)
+                    sub.skip_to = entry_id_key(f.cursor)
                     # 3. live (the hot loop: one iteration per event per subscriber)
                     buffer = sub.buffer
                     while True:
@@ -158,8 +166,6 @@ class Fanout:
                         item = buffer.popleft()
                         if item is _OVERFLOW:
                             break  # dropped from the fan-out: catch up by ourselves, rejoin
-                        if item is _MISSING:
-                            raise JobNotFound(keys.job_id, keys.prefix)
                         if type(item) is _Raise:
                             raise item.exc
                         live: StreamEvent = item
@@ -167,50 +173,40 @@ class Fanout:
                             if entry_id_key(live.id or "0-0") <= sub.skip_to:
                                 continue
                             sub.skip_to = None
-                        cursor = live.id or cursor
+                        f.advance(live)
                         if live.type is _CHUNK:
                             chunks += 1
                         else:
                             saw(live)
                         yield live
-                        if live.is_terminal:
+                        if f.done:
                             return
                 finally:
                     self._leave(sub)
         finally:
             stats.add_chunks(chunks)
 
-    def _decode(self, keys: JobKeys, response: Any) -> tuple[list[StreamEvent], bool]:
-        if not response:
-            return [], False
-        events = decode_entries(keys.job_id, stream_entries(response))
-        return events, bool(events) and events[-1].is_terminal
-
-    def _join(self, keys: JobKeys, cursor: str) -> _Subscriber:
+    def _join(self, keys: JobKeys, cursor: str) -> tuple[_Subscriber, str]:
+        """Add a subscriber at `cursor`; return it and the reader's cursor for the stream.
+        Synchronous: no entry the reader reads after this can miss the new buffer."""
         sub = _Subscriber(keys, self._buffer_size)
         stream = keys.events
-        subs = self._subs.get(stream)
-        if subs is None:
-            self._subs[stream] = {sub}
-            self._cursors[stream] = cursor
-            self._keys[stream] = keys
-            self._last_seen[stream] = asyncio.get_running_loop().time()
+        watched = self._watched.get(stream)
+        if watched is None:
+            now = asyncio.get_running_loop().time()
+            watched = self._watched[stream] = _Watched(keys, cursor, now)
             self._kick()
-        else:
-            subs.add(sub)
-        return sub
+        watched.subs.add(sub)
+        return sub, watched.follower.cursor
 
     def _leave(self, sub: _Subscriber) -> None:
         stream = sub.keys.events
-        subs = self._subs.get(stream)
-        if subs is None:
+        watched = self._watched.get(stream)
+        if watched is None:
             return
-        subs.discard(sub)
-        if not subs:
-            del self._subs[stream]
-            self._cursors.pop(stream, None)
-            self._keys.pop(stream, None)
-            self._last_seen.pop(stream, None)
+        watched.subs.discard(sub)
+        if not watched.subs:
+            del self._watched[stream]
 
     def _kick(self) -> None:
         """Start the reader, or make it re-issue its XREAD with the new stream now."""
@@ -242,8 +238,8 @@ class Fanout:
         self._conn = raw_view(self._t.client, single_connection=True)  # its own connection
         try:
             self._conn_id = int(await self._conn.client_id())
-            while self._subs:
-                streams = dict(self._cursors)
+            while self._watched:
+                streams = {name: w.follower.cursor for name, w in self._watched.items()}
                 self._blocked = True
                 try:
                     response = await self._conn.xread(streams, count=READ_COUNT, block=block_ms)
@@ -252,61 +248,55 @@ class Fanout:
                 now = loop.time()
                 pairs = response.items() if isinstance(response, dict) else response or ()
                 for stream, entries in pairs:
-                    name = text(stream)
-                    self._deliver(name, entries, now)
+                    self._deliver(text(stream), entries, now)
                 await self._check_idle(now)
         except Exception as exc:  # the connection failed: every subscriber catches up alone
             logger.warning("fan-out reader stopped (%s); subscribers read on their own", exc)
-            for subs in self._subs.values():
-                for sub in list(subs):
+            for watched in self._watched.values():
+                for sub in list(watched.subs):
                     sub.push(_OVERFLOW)
-            self._subs.clear()
-            self._cursors.clear()
+            self._watched.clear()
         finally:
             conn, self._conn, self._conn_id = self._conn, None, None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.aclose()
-            if self._subs:  # someone joined while this reader was leaving: start another
+            if self._watched:  # someone joined while this reader was leaving: start another
                 self._reader = asyncio.create_task(self._run(), name="streaming-rag-fanout")
 
     def _deliver(self, stream: str, entries: list[Any], now: float) -> None:
-        subs = self._subs.get(stream)
-        if not subs or not entries:
+        watched = self._watched.get(stream)
+        if watched is None or not entries:
             return
-        keys = self._keys[stream]
-        self._last_seen[stream] = now
+        follower, subs = watched.follower, watched.subs
+        watched.last_seen = now
         try:
-            events: list[Any] = decode_entries(keys.job_id, entries)
+            events: list[Any] = decode_entries(follower.job_id, entries)
         except Exception:  # a corrupt entry: decode one by one, hand its error on
             events = []
             for entry_id, fields in entries:
                 try:
-                    events.append(decode_raw_entry(keys.job_id, entry_id, fields))
+                    events.append(decode_raw_entry(follower.job_id, entry_id, fields))
                 except Exception as exc:  # raised in each subscriber's iteration
                     events.append(_Raise(exc))
         for event in events:
             if type(event) is not _Raise:
-                self._cursors[stream] = event.id
+                follower.advance(event)
             for sub in tuple(subs):
                 if not sub.push(event):
                     subs.discard(sub)  # overflowed: it catches up by itself and rejoins
         if not subs:
-            self._leave_stream(stream)
-
-    def _leave_stream(self, stream: str) -> None:
-        self._subs.pop(stream, None)
-        self._cursors.pop(stream, None)
-        self._keys.pop(stream, None)
-        self._last_seen.pop(stream, None)
+            del self._watched[stream]
 
     async def _check_idle(self, now: float) -> None:
-        idle = [s for s, seen in self._last_seen.items() if now - seen >= self._poll_s]
+        idle = [w for w in self._watched.values() if now - w.last_seen >= self._poll_s]
         if not idle:
             return
-        verdicts = await self._t.check_many([self._keys[s] for s in idle])
-        for stream, verdict in zip(idle, verdicts, strict=True):
-            self._last_seen[stream] = now
-            if verdict == "missing":
-                for sub in list(self._subs.get(stream, ())):
-                    sub.push(_MISSING)
+        verdicts = await self._t.check_many([w.follower.keys for w in idle])
+        for watched, verdict in zip(idle, verdicts, strict=True):
+            watched.last_seen = now
+            try:
+                watched.follower.on_idle(verdict)
+            except JobNotFound as exc:
+                for sub in list(watched.subs):
+                    sub.push(_Raise(exc))

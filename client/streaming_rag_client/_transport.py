@@ -15,9 +15,9 @@ import redis.asyncio
 
 from streaming_rag.exceptions import ServerUnavailable
 from streaming_rag.wire import JobKeys
-from streaming_rag.wire.scripts import CANCEL, CHECK, SUBMIT
+from streaming_rag.wire.scripts import CANCEL, CHECK, SUBMIT, cancel_call, check_call
 
-from ._core import SubmitPlan, cancel_keys, check_keys, text
+from ._core import SubmitPlan, text
 
 __all__ = ["AsyncTransport", "SyncTransport", "raw_view", "redacted"]
 
@@ -81,7 +81,7 @@ class SyncTransport:
 
     def submit(self, plan: SubmitPlan) -> bool:
         with _translated(self.url):
-            return bool(self._submit(keys=plan.script_keys, args=plan.args))
+            return bool(self._submit(keys=plan.call.keys, args=plan.call.args))
 
     def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
         """Raw XREAD reply (see `raw_view`)."""
@@ -89,20 +89,14 @@ class SyncTransport:
             return self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
 
     def check(self, keys: JobKeys) -> str:
+        call = check_call(keys, retention_ms=self.retention_ms)
         with _translated(self.url):
-            return text(
-                self._check(keys=check_keys(keys), args=[keys.arq_job_id, self.retention_ms])
-            )
+            return text(self._check(keys=call.keys, args=call.args))
 
     def cancel(self, keys: JobKeys) -> str:
+        call = cancel_call(keys, retention_ms=self.retention_ms)
         with _translated(self.url):
-            args: list[str | int] = [
-                keys.arq_job_id,
-                self.retention_ms,
-                keys.cancel_channel,
-                keys.job_id,
-            ]
-            return text(self._cancel(keys=cancel_keys(keys), args=args))
+            return text(self._cancel(keys=call.keys, args=call.args))
 
     def close(self) -> None:
         self.client.close()
@@ -122,7 +116,7 @@ class AsyncTransport:
 
     async def submit(self, plan: SubmitPlan) -> bool:
         async with _atranslated(self.url):
-            return bool(await self._submit(keys=plan.script_keys, args=plan.args))
+            return bool(await self._submit(keys=plan.call.keys, args=plan.call.args))
 
     async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
         """Raw XREAD reply (see `raw_view`)."""
@@ -135,30 +129,22 @@ class AsyncTransport:
             return await self.raw.xrange(keys.events, f"({after}", last)
 
     async def check(self, keys: JobKeys) -> str:
+        call = check_call(keys, retention_ms=self.retention_ms)
         async with _atranslated(self.url):
-            verdict = await self._check(
-                keys=check_keys(keys), args=[keys.arq_job_id, self.retention_ms]
-            )
-            return text(verdict)
+            return text(await self._check(keys=call.keys, args=call.args))
 
     async def check_many(self, many: list[JobKeys]) -> list[str]:
         """CHECK for several jobs in one round trip."""
         async with _atranslated(self.url), self.client.pipeline(transaction=False) as pipe:
             for keys in many:
-                await self._check(
-                    keys=check_keys(keys), args=[keys.arq_job_id, self.retention_ms], client=pipe
-                )
+                call = check_call(keys, retention_ms=self.retention_ms)
+                await self._check(keys=call.keys, args=call.args, client=pipe)
             return [text(v) for v in await pipe.execute()]
 
     async def cancel(self, keys: JobKeys) -> str:
+        call = cancel_call(keys, retention_ms=self.retention_ms)
         async with _atranslated(self.url):
-            args: list[str | int] = [
-                keys.arq_job_id,
-                self.retention_ms,
-                keys.cancel_channel,
-                keys.job_id,
-            ]
-            return text(await self._cancel(keys=cancel_keys(keys), args=args))
+            return text(await self._cancel(keys=call.keys, args=call.args))
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -12,6 +12,8 @@ key                            holds
 ``{prefix}:cancel``              pub/sub channel: job ids whose cancellation was asked
 ``{prefix}:wake``                list: each submit pushes its arq job id; an idle worker BLPOPs it
 ``arq:job:{prefix}:<job_id>``    arq's own job record (arq's fixed key prefix)
+``arq:in-progress:{prefix}:...``  arq's marker of a claimed job
+``arq:retry:{prefix}:<job_id>``  arq's try counter of the job
 =============================  ======================================================
 
 The arq job id is ``{prefix}:<job_id>`` so two deployments never share an arq job record.
@@ -37,9 +39,12 @@ __all__ = [
 DEFAULT_PREFIX = "srag"
 #: The server used when neither an argument nor `REDIS_URL` names one.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-ARQ_JOB_KEY_PREFIX = "arq:job:"  # arq.constants.job_key_prefix
-_JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: arq's fixed key prefixes (`arq.constants`; a worker test pins them to arq's own values).
+ARQ_JOB_KEY_PREFIX = "arq:job:"
+ARQ_IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
+ARQ_RETRY_KEY_PREFIX = "arq:retry:"
+_JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def new_job_id() -> str:
@@ -49,7 +54,7 @@ def new_job_id() -> str:
 
 def validate_job_id(job_id: object) -> str:
     """Return `job_id` if it is 1-128 of `A-Z a-z 0-9 . _ -`, else raise `InvalidRequest`."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise InvalidRequest(
             f"job_id must be 1-128 characters of letters, digits, '.', '_' or '-'; got {job_id!r}"
         )
@@ -58,7 +63,7 @@ def validate_job_id(job_id: object) -> str:
 
 def validate_prefix(prefix: object) -> str:
     """Return `prefix` if it is 1-64 of `A-Z a-z 0-9 . _ : -`, else raise `InvalidRequest`."""
-    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise InvalidRequest(
             f"prefix must be 1-64 characters of letters, digits, '.', '_', ':' or '-'; "
             f"got {prefix!r}"
@@ -104,6 +109,23 @@ class JobKeys:
     @property
     def arq_job(self) -> str:
         return ARQ_JOB_KEY_PREFIX + self.arq_job_id
+
+    @property
+    def arq_in_progress(self) -> str:
+        return ARQ_IN_PROGRESS_KEY_PREFIX + self.arq_job_id
+
+    @property
+    def arq_retry(self) -> str:
+        return ARQ_RETRY_KEY_PREFIX + self.arq_job_id
+
+    @classmethod
+    def from_arq_job_id(cls, prefix: str, arq_job_id: str) -> JobKeys | None:
+        """The keys of the job whose arq id is `arq_job_id` (``<prefix>:<job_id>``), or None
+        when that id is not one of this prefix's jobs (another arq job on the same queue)."""
+        head = prefix + ":"
+        if not arq_job_id.startswith(head) or len(arq_job_id) == len(head):
+            return None
+        return cls(prefix, arq_job_id[len(head) :])
 
 
 def queue_name(prefix: str) -> str:

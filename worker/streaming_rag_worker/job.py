@@ -27,7 +27,7 @@ from streaming_rag import EventType, StreamingRAG
 from streaming_rag.exceptions import InvalidRequest
 from streaming_rag.wire import JobKeys, encode_event
 from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
-from streaming_rag.wire.scripts import HEARTBEAT, START
+from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_call
 
 from .config import WorkerConfig
 from .publisher import JobLost, Publisher
@@ -59,9 +59,18 @@ class WorkerState:
         self.start_script = redis.register_script(START)
         self.heartbeat_script = redis.register_script(HEARTBEAT)
         self.running: dict[str, asyncio.Task[Any]] = {}
-        #: START verdicts of jobs the worker's CLAIM script already started (job id → verdict)
-        self.started: dict[str, str] = {}
         self.cancel_requested: set[str] = set()
+        # START verdicts of jobs the worker's CLAIM script already started (job id -> verdict)
+        self._started: dict[str, str] = {}
+
+    def claimed(self, job_id: str, verdict: str) -> None:
+        """Hand over from the claim to the job: CLAIM already ran START for `job_id`."""
+        self._started[job_id] = verdict
+
+    def take_start_verdict(self, job_id: str) -> str | None:
+        """The START verdict CLAIM left for `job_id` (once), or None if the job was not
+        claimed by `StreamingWorker` (the job function must run START itself)."""
+        return self._started.pop(job_id, None)
 
     def request_cancel(self, job_id: str) -> bool:
         """Cancel a job running in this process; False if it does not run here."""
@@ -77,10 +86,9 @@ async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
     cfg = state.config
     while True:
         await asyncio.sleep(cfg.heartbeat_s)
+        call = heartbeat_call(keys, lease_ms=cfg.lease_ms, worker=cfg.name)
         try:
-            status = await state.heartbeat_script(
-                keys=[keys.meta, keys.lease], args=[cfg.lease_ms, cfg.name]
-            )
+            status = await state.heartbeat_script(keys=call.keys, args=call.args)
         except Exception as exc:  # a blip: the next beat retries, the lease has slack
             logger.warning("heartbeat for job %s failed: %s", keys.job_id, exc)
             continue
@@ -118,18 +126,15 @@ async def _pump(state: WorkerState, keys: JobKeys, query: str, context: Any) -> 
     return encode_event(EventType.ERROR, {"msg": msg, "stage": "worker"}, 0.0), "failed"
 
 
-async def run_query(ctx: dict[str, Any], *, job_id: str, request: Any) -> str:
-    """arq job: answer one query onto the job's stream. Returns the job's final status."""
-    state: WorkerState = ctx["streaming_rag"]
+async def run_query(state: WorkerState, *, job_id: str, request: Any) -> str:
+    """Answer one query onto the job's stream (the body of the arq job `JOB_FUNCTION`).
+    Returns the job's final status."""
     keys = JobKeys(state.config.prefix, job_id)
     cfg = state.config
-    started: Any = state.started.pop(job_id, None)
-    if (
-        started is None
-    ):  # not claimed by StreamingWorker (e.g. `arq streaming_rag_worker.WorkerSettings`)
-        started = await state.start_script(
-            keys=[keys.meta, keys.lease], args=[cfg.lease_ms, cfg.name]
-        )
+    started = state.take_start_verdict(job_id)
+    if started is None:  # not claimed by StreamingWorker (stock arq runs it): START it here
+        call = start_call(keys, lease_ms=cfg.lease_ms, worker=cfg.name)
+        started = await state.start_script(keys=call.keys, args=call.args)
         started = started.decode() if isinstance(started, bytes) else started
     if started != "ok":
         logger.info("job %s not started: it is %s", job_id, started)

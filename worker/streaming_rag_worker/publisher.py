@@ -20,7 +20,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from streaming_rag.wire import JobKeys
-from streaming_rag.wire.scripts import PUBLISH
+from streaming_rag.wire.scripts import PUBLISH, publish_call
 
 __all__ = ["JobLost", "Publisher"]
 
@@ -120,18 +120,14 @@ class Publisher:
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for e in entries:
-                    k = e.keys
-                    pipe.evalsha(
-                        self._script.sha,
-                        3,
-                        k.events,
-                        k.meta,
-                        k.lease,
-                        self._lease_ms,
-                        e.final_status,
-                        self._retention_ms,
-                        *e.events,
+                    call = publish_call(
+                        e.keys,
+                        e.events,
+                        lease_ms=self._lease_ms,
+                        retention_ms=self._retention_ms,
+                        final_status=e.final_status,
                     )
+                    pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
                 results = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 self._script.sha = await self._redis.script_load(PUBLISH)

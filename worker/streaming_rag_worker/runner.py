@@ -19,14 +19,14 @@ from arq.worker import func
 
 from streaming_rag import StreamingRAG
 from streaming_rag.wire import pack_job, unpack_job
-from streaming_rag.wire.keys import cancel_channel, queue_name, wake_key
+from streaming_rag.wire.keys import cancel_channel, queue_name
 
 from .app import load_app
 from .config import WorkerConfig
 from .job import JOB_FUNCTION, WorkerState, run_query
 from .streaming_worker import StreamingWorker
 
-__all__ = ["StreamingWorker", "build_worker", "worker_kwargs"]
+__all__ = ["StreamingWorker", "WorkerRuntime", "build_worker", "worker_kwargs"]
 
 logger = logging.getLogger("streaming_rag.worker")
 
@@ -54,13 +54,37 @@ async def _listen_for_cancels(state: WorkerState) -> None:
                 await pubsub.aclose()
 
 
-def _make_startup(config: WorkerConfig, rag: StreamingRAG | None) -> Any:
-    async def startup(ctx: dict[str, Any]) -> None:
-        app = rag if rag is not None else load_app(config.app)
-        state = WorkerState(config, app, ctx["redis"])
+class WorkerRuntime:
+    """What one worker process serves, handed explicitly between arq's hooks, the job function
+    and `StreamingWorker`'s claim (never through string keys of arq's `ctx`).
+
+    `settings()` gives arq's `Worker` keyword arguments; its startup hook builds `state` (the
+    pipeline, publisher and running jobs), its shutdown hook closes them, and its job function
+    runs `run_query` with that state. Stock arq (`arq streaming_rag_worker.WorkerSettings`) and
+    `StreamingWorker` use the same runtime.
+    """
+
+    def __init__(self, config: WorkerConfig, rag: StreamingRAG | None = None) -> None:
+        self.config = config
+        self._rag = rag
+        self._state: WorkerState | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> WorkerState:
+        """The process's `WorkerState`; raises RuntimeError before startup."""
+        if self._state is None:
+            raise RuntimeError("the worker has not started: its state is built at startup")
+        return self._state
+
+    async def startup(self, ctx: dict[str, Any]) -> None:
+        """arq's `on_startup`: load the app, start the publisher and the cancel listener."""
+        config = self.config
+        app = self._rag if self._rag is not None else load_app(config.app)
+        state = WorkerState(config, app, ctx["redis"])  # arq's own pool, under arq's own key
         state.publisher.start()
-        ctx["streaming_rag"] = state
-        ctx["streaming_rag_listener"] = asyncio.create_task(_listen_for_cancels(state))
+        self._state = state
+        self._listener = asyncio.create_task(_listen_for_cancels(state))
         logger.info(
             "worker %s ready: prefix %r, queue %r, concurrency %d, app %s",
             config.name,
@@ -70,47 +94,53 @@ def _make_startup(config: WorkerConfig, rag: StreamingRAG | None) -> Any:
             repr(app),
         )
 
-    return startup
+    async def shutdown(self, ctx: dict[str, Any]) -> None:
+        """arq's `on_shutdown`: stop the cancel listener, flush and stop the publisher."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+        if self._state is not None:
+            await self._state.publisher.aclose()
 
+    async def job(self, ctx: dict[str, Any], *, job_id: str, request: Any) -> str:
+        """The arq job function `JOB_FUNCTION`: answer one query; return its final status."""
+        return await run_query(self.state, job_id=job_id, request=request)
 
-async def _shutdown(ctx: dict[str, Any]) -> None:
-    listener = ctx.pop("streaming_rag_listener", None)
-    if listener is not None:
-        listener.cancel()
-        with contextlib.suppress(BaseException):
-            await listener
-    state: WorkerState | None = ctx.get("streaming_rag")
-    if state is not None:
-        await state.publisher.aclose()
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments for `arq.worker.Worker` implementing the config."""
+        config = self.config
+        return {
+            "functions": [func(self.job, name=JOB_FUNCTION, max_tries=1)],
+            "queue_name": queue_name(config.prefix),
+            "redis_settings": RedisSettings.from_dsn(config.redis_url),
+            "on_startup": self.startup,
+            "on_shutdown": self.shutdown,
+            "job_serializer": pack_job,
+            "job_deserializer": unpack_job,
+            "max_jobs": config.concurrency,
+            "max_tries": 1,
+            "retry_jobs": False,
+            "keep_result": 0,
+            "job_timeout": config.job_timeout_s,
+            "job_completion_wait": config.shutdown_grace_s,
+            "health_check_key": f"{config.prefix}:health-check",
+            "log_results": False,
+        }
 
 
 def worker_kwargs(config: WorkerConfig, *, rag: StreamingRAG | None = None) -> dict[str, Any]:
-    """Keyword arguments for `arq.worker.Worker` implementing `config`.
+    """Keyword arguments for `arq.worker.Worker` implementing `config` (for stock arq).
 
     `rag` serves a ready `StreamingRAG` instead of loading `config.app` at startup.
     """
-    return {
-        "functions": [func(run_query, name=JOB_FUNCTION, max_tries=1)],
-        "queue_name": queue_name(config.prefix),
-        "redis_settings": RedisSettings.from_dsn(config.redis_url),
-        "on_startup": _make_startup(config, rag),
-        "on_shutdown": _shutdown,
-        "job_serializer": pack_job,
-        "job_deserializer": unpack_job,
-        "max_jobs": config.concurrency,
-        "max_tries": 1,
-        "retry_jobs": False,
-        "keep_result": 0,
-        "job_timeout": config.job_timeout_s,
-        "job_completion_wait": config.shutdown_grace_s,
-        "health_check_key": f"{config.prefix}:health-check",
-        "log_results": False,
-        "ctx": {"streaming_rag_wake_key": wake_key(config.prefix)},
-    }
+    return WorkerRuntime(config, rag).settings()
 
 
 def build_worker(
     config: WorkerConfig, *, rag: StreamingRAG | None = None, **overrides: Any
 ) -> StreamingWorker:
     """A `StreamingWorker` for `config` (`overrides` go straight to arq's `Worker`)."""
-    return StreamingWorker(**{**worker_kwargs(config, rag=rag), **overrides})
+    runtime = WorkerRuntime(config, rag)
+    return StreamingWorker(runtime, **{**runtime.settings(), **overrides})

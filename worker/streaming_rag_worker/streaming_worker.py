@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq.connections import create_pool, log_redis_info
 from arq.jobs import deserialize_job_raw
@@ -24,8 +24,12 @@ from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from streaming_rag.wire.keys import JobKeys, wake_key
 from streaming_rag.wire.models import JOB_FUNCTION
-from streaming_rag.wire.scripts import CLAIM
+from streaming_rag.wire.scripts import CLAIM, claim_call
+
+if TYPE_CHECKING:
+    from .runner import WorkerRuntime
 
 __all__ = ["StreamingWorker"]
 
@@ -40,6 +44,12 @@ class StreamingWorker(Worker):
     _slot_freed: asyncio.Event | None = None
     _claim: Any = None
     _prefetched: dict[str, bytes]
+
+    def __init__(self, runtime: WorkerRuntime, **settings: Any) -> None:
+        """`runtime` is what the jobs run with (see `WorkerRuntime`); `settings` are arq's
+        `Worker` keyword arguments (normally `runtime.settings()` plus overrides)."""
+        super().__init__(**settings)
+        self.runtime = runtime
 
     async def main(self) -> None:
         # arq's Worker.main, with the fixed-period poll replaced by `_wait_for_work`.
@@ -62,7 +72,7 @@ class StreamingWorker(Worker):
         self._prefetched = {}
         self._wake_client = self.pool.client()
         self._slot_freed = asyncio.Event()
-        wake = self.ctx.get("streaming_rag_wake_key")
+        wake = wake_key(self.runtime.config.prefix)
         self._claim = self.pool.register_script(CLAIM)
         loop = asyncio.get_running_loop()
         try:
@@ -88,11 +98,11 @@ class StreamingWorker(Worker):
                 with contextlib.suppress(Exception):
                     await client.aclose()
 
-    async def _wait_for_work(self, wake_key: str | None, timeout_s: float) -> bytes | None:
+    async def _wait_for_work(self, wake: str, timeout_s: float) -> bytes | None:
         """A job id from a submit's wake-up token; None after `timeout_s`, or as soon as a
         slot frees up while the worker is full (time for a full poll)."""
         assert self._slot_freed is not None
-        if not self.allow_pick_jobs or wake_key is None:
+        if not self.allow_pick_jobs:
             await asyncio.sleep(timeout_s)
             return None
         if self.job_counter >= self.max_jobs:
@@ -102,7 +112,7 @@ class StreamingWorker(Worker):
                     await self._slot_freed.wait()
             return None
         try:
-            popped = await self._wake_client.blpop([wake_key], timeout=max(timeout_s, 0.01))
+            popped = await self._wake_client.blpop([wake], timeout=max(timeout_s, 0.01))
         except (OSError, RedisError) as exc:  # a blip: fall back to the timed poll
             logger.warning("waiting for wake-ups failed (%s); polling instead", exc)
             await asyncio.sleep(timeout_s)
@@ -116,16 +126,24 @@ class StreamingWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids or not self.allow_pick_jobs:
             return
-        state = self.ctx["streaming_rag"]
+        state = self.runtime.state
         cfg = state.config
-        ttl_ms = int(self.in_progress_timeout_s * 1000)
-        args = [ttl_ms, timestamp_ms(), cfg.lease_ms, cfg.name, cfg.prefix, *job_ids[:free]]
-        claimed = await self._claim(keys=[self.queue_name], args=args)
-        head = len(cfg.prefix) + 1
+        call = claim_call(
+            cfg.prefix,
+            self.queue_name,
+            [j.decode() if isinstance(j, bytes) else j for j in job_ids[:free]],
+            in_progress_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            now_ms=timestamp_ms(),
+            lease_ms=cfg.lease_ms,
+            worker=cfg.name,
+        )
+        claimed = await self._claim(keys=call.keys, args=call.args)
         for i in range(0, len(claimed), 5):
             job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else claimed[i]
             score = int(float(claimed[i + 1]))
-            state.started[job_id[head:]] = claimed[i + 2].decode()
+            keys = JobKeys.from_arq_job_id(cfg.prefix, job_id)
+            if keys is not None:
+                state.claimed(keys.job_id, claimed[i + 2].decode())
             if claimed[i + 3] and int(claimed[i + 4]) == 1:
                 self._prefetched[job_id] = claimed[i + 3]
             await self.sem.acquire()  # never waits: at most `free` jobs were claimed
@@ -216,6 +234,6 @@ class StreamingWorker(Worker):
         try:
             await super().run_job(job_id, score)
         finally:
-            state = self.ctx.get("streaming_rag")
-            if state is not None:
-                state.started.pop(job_id[len(state.config.prefix) + 1 :], None)
+            keys = JobKeys.from_arq_job_id(self.runtime.config.prefix, job_id)
+            if keys is not None:
+                self.runtime.state.take_start_verdict(keys.job_id)
