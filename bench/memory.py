@@ -18,10 +18,10 @@ import time
 from typing import Any
 
 import redis
-from streaming_rag_client import StreamingRAGClient
 
 from streaming_rag import EventType
 from streaming_rag.wire import JobKeys, encode_event
+from streaming_rag_client import StreamingRAGClient
 
 from ._common import new_prefix, server, worker_process
 from ._tools import drop_prefix, emit_json, verdict

@@ -27,10 +27,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from streaming_rag_client import StreamingRAGClient
 
 from streaming_rag import EventType
 from streaming_rag.wire import JobKeys, encode_event
+from streaming_rag_client import StreamingRAGClient
 
 from ._common import new_prefix, server, worker_process
 from ._tools import drop_prefix, emit_json, verdict

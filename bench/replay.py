@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from streaming_rag_client import StreamingRAGClient
 
 from streaming_rag import EventType
 from streaming_rag.wire import JobKeys, decode_entry, encode_event, new_job_id
+from streaming_rag_client import StreamingRAGClient
 
 from ._common import new_prefix, server
 from ._tools import drop_prefix, emit_json, verdict

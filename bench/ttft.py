@@ -17,9 +17,8 @@ import random
 import time
 from typing import Any
 
-from streaming_rag_client import StreamingRAGClient
-
 from streaming_rag import EventType, StreamingRAG
+from streaming_rag_client import StreamingRAGClient
 
 from ._common import new_prefix, percentiles, server, worker_process
 from ._tools import drop_prefix, emit_json, verdict

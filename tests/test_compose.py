@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from streaming_rag_cli import ENV_VARS, build_parser, subcommands
 
 ROOT = Path(__file__).resolve().parent.parent

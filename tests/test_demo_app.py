@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from streaming_rag import EventType, StreamingRAG
 from streaming_rag_worker import WorkerConfigError
 from streaming_rag_worker.demo_app import (
     CORPUS_DIR,
@@ -18,8 +20,6 @@ from streaming_rag_worker.demo_app import (
     split_sentences,
     tokenize,
 )
-
-from streaming_rag import EventType, StreamingRAG
 
 DOCS = [
     {"content": "Cats purr when they are content. Cats sleep a lot.", "metadata": {"source": "c"}},

@@ -14,13 +14,13 @@ import openai
 import pytest
 from helpers_core import WAIT_S
 from openai_server import FakeOpenAIServer
-from streaming_rag_worker import WorkerConfigError
-from streaming_rag_worker.llm_app import API_KEY_ENV, BASE_URL_ENV, DOCS_ENV, MODEL_ENV, openai_app
 
 from streaming_rag import AsyncStreamableLLM, EventType, StreamingRAG, SyncStreamableLLM
 from streaming_rag.exceptions import ConfigError, LLMError, StreamingRAGError
 from streaming_rag.llms import OpenAICompatibleLLM
 from streaming_rag.llms.openai import PLACEHOLDER_API_KEY
+from streaming_rag_worker import WorkerConfigError
+from streaming_rag_worker.llm_app import API_KEY_ENV, BASE_URL_ENV, DOCS_ENV, MODEL_ENV, openai_app
 
 TOKENS = ["The ", "sky ", "is ", "blue", "."]
 DOC = "The sky is blue because air scatters blue light more than red light."

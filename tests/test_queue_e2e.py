@@ -6,6 +6,9 @@ import asyncio
 import re
 
 import pytest
+
+from streaming_rag import EventType, StreamEvent
+from streaming_rag.wire import JobKeys
 from streaming_rag_client import (
     DuplicateJob,
     EventDecodeError,
@@ -15,9 +18,6 @@ from streaming_rag_client import (
     ServerUnavailable,
     StreamingRAGClient,
 )
-
-from streaming_rag import EventType, StreamEvent
-from streaming_rag.wire import JobKeys
 from tests.helpers_queue import running_worker
 from tests.queue_apps import ANSWER_WORDS, make_rag
 

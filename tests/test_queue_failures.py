@@ -6,10 +6,10 @@ import asyncio
 import signal
 
 import pytest
-from streaming_rag_client import JobStatus, StreamingRAGClient
 
 from streaming_rag import EventType, StreamEvent
 from streaming_rag.wire import JobKeys
+from streaming_rag_client import JobStatus, StreamingRAGClient
 from tests.helpers_queue import running_worker, spawn_worker
 from tests.queue_apps import GatedLLM, WordsLLM, make_rag
 

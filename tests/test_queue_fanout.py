@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from streaming_rag_client import StreamingRAGClient
 
 from streaming_rag import StreamEvent
+from streaming_rag_client import StreamingRAGClient
 from tests.helpers_queue import running_worker
 from tests.queue_apps import GatedLLM, WordsLLM, make_rag
 

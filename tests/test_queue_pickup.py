@@ -8,11 +8,10 @@ import signal
 import subprocess
 import sys
 
-from streaming_rag_client import JobStatus, StreamingRAGClient
-
 from streaming_rag import EventType
 from streaming_rag.wire import JobKeys
 from streaming_rag.wire.keys import wake_key
+from streaming_rag_client import JobStatus, StreamingRAGClient
 from tests.helpers_queue import ROOT, running_worker
 from tests.queue_apps import GatedLLM, make_rag
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from streaming_rag_client import StreamingRAGClient
-
 from streaming_rag import EventType
 from streaming_rag.wire import JobKeys
+from streaming_rag_client import StreamingRAGClient
 from tests.helpers_queue import running_worker
 from tests.queue_apps import WordsLLM, make_rag
 

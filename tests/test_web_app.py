@@ -9,10 +9,10 @@ import sys
 import httpx
 import pytest
 import redis.asyncio
-from streaming_rag_client import InvalidRequest, JobNotFound, StreamingRAGClient
-from streaming_rag_client.web import create_app
 
 from streaming_rag.wire import DEFAULT_MAX_QUERY_CHARS
+from streaming_rag_client import InvalidRequest, JobNotFound, StreamingRAGClient
+from streaming_rag_client.web import create_app
 from tests.helpers_web import serving, web_stack
 
 
@@ -125,9 +125,8 @@ def test_importing_client_does_not_need_starlette():
 
 
 def test_the_sse_framing_is_one_line_of_json_per_event():
-    from streaming_rag_client._sse import format_event
-
     from streaming_rag import EventType, StreamEvent
+    from streaming_rag_client._sse import format_event
 
     chunk = StreamEvent(EventType.CHUNK, "two\nlines \u00e9", 0.5, "17-3")
     assert (

@@ -14,11 +14,12 @@ or an error raised by this project (`StreamingRAGError`: unreachable server, unk
 request, bad worker setting, missing web extra), printed as one line without a traceback; 130
 interrupted.
 
-The CLI is the one place allowed to import both `worker` and `client`, and it imports them
-lazily inside the subcommands so that `streaming_rag` itself never needs Redis.
+The CLI is the top of the house: the one package allowed to import both `streaming_rag_worker`
+and `streaming_rag_client`. It imports them lazily inside the subcommands, so `--help` is fast.
 
 Modules: `_settings` (defaults, env variables), `_parser`, `_printing` (`EventPrinter`),
-`_commands` (the handlers but `demo`), `_demo`, `_main` (`main`: exit codes), `_errors`.
+`_commands` (the handlers but `demo`), `_demo`, `_main` (`main`: exit codes);
+public: `embedded` (`EmbeddedValkey`: the throw-away Valkey of the demo, benchmarks and tests).
 """
 
 from __future__ import annotations

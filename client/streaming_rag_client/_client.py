@@ -13,7 +13,7 @@ import redis
 import redis.asyncio
 
 from streaming_rag import EventType, StreamEvent
-from streaming_rag.exceptions import DuplicateJob, JobNotFound
+from streaming_rag.exceptions import DuplicateJob, InvalidRequest, JobNotFound
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import (
     DEFAULT_MAX_QUERY_CHARS,
@@ -28,6 +28,8 @@ from ._core import (
     Follower,
     JobStatus,
     SubmitPlan,
+    afollow,
+    follow,
     plan_submit,
     replay_delay,
     status_from_check,
@@ -79,9 +81,9 @@ class StreamingRAGClient:
         self.url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
         self.prefix = validate_prefix(prefix)
         if not start_timeout > 0:
-            raise ValueError(f"start_timeout must be > 0 seconds, got {start_timeout}")
+            raise InvalidRequest(f"start_timeout must be > 0 seconds, got {start_timeout}")
         if not poll_interval_s > 0:
-            raise ValueError(f"poll_interval_s must be > 0 seconds, got {poll_interval_s}")
+            raise InvalidRequest(f"poll_interval_s must be > 0 seconds, got {poll_interval_s}")
         self.start_timeout = float(start_timeout)
         self.max_query_chars = max_query_chars
         self.retention_s = float(retention_s)
@@ -154,16 +156,8 @@ class StreamingRAGClient:
         return plan.job_id
 
     def _follow(self, keys: JobKeys, after: str | None) -> Generator[StreamEvent, None, None]:
-        t = self._sync_transport()
         f = Follower(keys, cursor=after or "0-0")
-        self._stats.started()
-        while not f.done:
-            events = f.take(t.read(keys, f.cursor, self._block_ms if f.may_block else None))
-            if events:
-                self._stats.saw_page(events)
-                yield from events
-            else:
-                f.on_idle(t.check(keys))
+        return follow(self._sync_transport(), f, block_ms=self._block_ms, stats=self._stats)
 
     def events(self, job_id: str, after: str | None = None) -> Generator[StreamEvent, None, None]:
         """Every event of a job, running or finished, from the start or after entry `after`,
@@ -254,17 +248,10 @@ class StreamingRAGClient:
         """Follow with this subscriber's own blocking reads (`fanout=False`)."""
         if not known and await t.check(keys) == "missing":
             raise JobNotFound(keys.job_id, keys.prefix)
-        self._stats.started()
         f = Follower(keys, cursor=after or "0-0")
-        while not f.done:
-            block = self._block_ms if f.may_block else None
-            events = f.take(await t.read(keys, f.cursor, block))
-            if events:
-                self._stats.saw_page(events)
-                for event in events:
-                    yield event
-            else:
-                f.on_idle(await t.check(keys))
+        async with aclosing(afollow(t, f, block_ms=self._block_ms, stats=self._stats)) as events:
+            async for event in events:
+                yield event
 
     def aevents(self, job_id: str, after: str | None = None) -> AsyncGenerator[StreamEvent, None]:
         """Async `events` (call it inside the event loop that iterates it). Subscribers in one

@@ -1,7 +1,10 @@
 """The no-I/O core of the client: what to send, and what the answers mean.
 
-Both twins (`_sync.SyncOps` on redis-py's sync client, `_async.AsyncOps` on its asyncio client)
-drive these objects and do nothing but the I/O, so the two surfaces cannot drift apart.
+Both twins (`_transport.SyncTransport` on redis-py's sync client, `_transport.AsyncTransport`
+on its asyncio client) do nothing but the I/O; `follow` / `afollow` and the fan-out
+(`_fanout.Fanout`, for its subscribers and for each stream its shared reader follows) drive the
+same `Follower` state machine, so the surfaces cannot drift apart. `tests/test_client_core.py`
+drives it through a fake transport, without a server.
 
 Following a job (`Follower`):
 
@@ -17,12 +20,14 @@ Following a job (`Follower`):
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from streaming_rag import StreamEvent
 from streaming_rag.exceptions import JobNotFound
+from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, decode_entries, new_job_id, parse_request, validate_job_id
 from streaming_rag.wire.models import arq_job_record
 from streaming_rag.wire.scripts import ScriptCall, submit_call
@@ -30,10 +35,14 @@ from streaming_rag.wire.scripts import ScriptCall, submit_call
 __all__ = [
     "ENDED_NOW",
     "FINAL_STATUSES",
+    "AsyncReads",
     "Follower",
     "JobStatus",
+    "SyncReads",
     "SubmitPlan",
+    "afollow",
     "entry_id_key",
+    "follow",
     "replay_delay",
 ]
 
@@ -187,6 +196,56 @@ class Follower:
         the cursor, so the follow is over."""
         if self.final_seen:
             self.done = True
+
+
+class SyncReads(Protocol):
+    """What `follow` needs of a transport (the sync twin, or a fake one in tests)."""
+
+    def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+        """A raw XREAD reply for `keys.events` after `cursor`, blocking up to `block_ms`."""
+
+    def check(self, keys: JobKeys) -> str:
+        """The CHECK script's verdict for the job."""
+
+
+class AsyncReads(Protocol):
+    """What `afollow` needs of a transport (the async twin, or a fake one in tests)."""
+
+    async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+        """A raw XREAD reply for `keys.events` after `cursor`, blocking up to `block_ms`."""
+
+    async def check(self, keys: JobKeys) -> str:
+        """The CHECK script's verdict for the job."""
+
+
+def follow(
+    t: SyncReads, f: Follower, *, block_ms: int, stats: StreamStats
+) -> Generator[StreamEvent, None, None]:
+    """Drive `f` over the sync transport `t`: every event after its cursor, exactly once,
+    until the terminal one; counted into `stats`. Raises `JobNotFound`."""
+    stats.started()
+    while not f.done:
+        events = f.take(t.read(f.keys, f.cursor, block_ms if f.may_block else None))
+        if events:
+            stats.saw_page(events)
+            yield from events
+        else:
+            f.on_idle(t.check(f.keys))
+
+
+async def afollow(
+    t: AsyncReads, f: Follower, *, block_ms: int, stats: StreamStats
+) -> AsyncGenerator[StreamEvent, None]:
+    """`follow` over an async transport (a subscriber with its own reads)."""
+    stats.started()
+    while not f.done:
+        events = f.take(await t.read(f.keys, f.cursor, block_ms if f.may_block else None))
+        if events:
+            stats.saw_page(events)
+            for event in events:
+                yield event
+        else:
+            f.on_idle(await t.check(f.keys))
 
 
 def replay_delay(event: StreamEvent, started: float, now: float, speed: float) -> float:

@@ -219,7 +219,7 @@ def create_app(
     Mounted in another app (`app.mount("/rag", create_app(...))`) its lifespan does not run:
     pass your own client then, and close it in your app's lifespan."""
     if not keepalive_s > 0:
-        raise ValueError(f"keepalive_s must be > 0 seconds, got {keepalive_s}")
+        raise InvalidRequest(f"keepalive_s must be > 0 seconds, got {keepalive_s}")
     owns = client is None
     if client is None:
         client = StreamingRAGClient(

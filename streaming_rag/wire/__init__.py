@@ -1,5 +1,7 @@
-"""The wire layer shared by `worker` and `client`: key layout, msgpack codec, job payload
-model, Lua scripts and the queue exceptions. No I/O happens here."""
+"""The wire contract shared by `streaming_rag_worker` and `streaming_rag_client`: key layout,
+msgpack codec, job payload model and the Lua scripts with the functions that build their KEYS
+and ARGV. No I/O happens here. The queue exceptions are re-exported from
+`streaming_rag.exceptions`, where they are defined."""
 
 from ..exceptions import (
     DuplicateJob,

@@ -52,7 +52,7 @@ __all__ = [
     "tokenize",
 ]
 
-#: The bundled corpus (package data of `worker`).
+#: The bundled corpus (package data of `streaming_rag_worker`).
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 #: Env variable naming the folder `folder_app()` serves.
 DOCS_ENV = "STREAMING_RAG_DOCS"

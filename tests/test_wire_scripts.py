@@ -1,0 +1,122 @@
+"""Each Lua script's contract: the typed builder gives its KEYS and ARGV, and the script touches
+no key it was not given (so a Redis Cluster can route it). Pure logic: no server."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from redis.crc import key_slot
+
+from streaming_rag.wire import JobKeys
+from streaming_rag.wire import scripts as s
+
+KEYS = JobKeys("pfx", "job-1")
+
+#: Commands whose first argument is not a key.
+NO_KEY = {"TIME", "PUBLISH"}
+#: Local names the scripts bind to KEYS entries (helper parameters and locals).
+KEY_LOCALS = {"meta", "events", "lease"}
+SCRIPTS = {
+    "SUBMIT": s.SUBMIT,
+    "START": s.START,
+    "PUBLISH": s.PUBLISH,
+    "HEARTBEAT": s.HEARTBEAT,
+    "CHECK": s.CHECK,
+    "CANCEL": s.CANCEL,
+    "CLAIM": s.CLAIM,
+}
+
+
+def key_arguments(source: str) -> list[tuple[str, str]]:
+    """(command, first argument) of every redis.call in `source`."""
+    return re.findall(r"redis\.call\('(\w+)'(?:,\s*([^,)]+))?", source)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_key_a_script_touches_is_declared(name: str) -> None:
+    calls = key_arguments(SCRIPTS[name])
+    assert calls, "the pattern found no redis.call: the check would pass vacuously"
+    for command, first in calls:
+        if command in NO_KEY:
+            continue
+        first = first.strip()
+        declared = first.startswith("KEYS[") or first in KEY_LOCALS
+        assert declared, f"{name}: {command} touches {first!r}, which is not one of its KEYS"
+
+
+def test_the_check_catches_a_key_built_inside_a_script() -> None:
+    bad = "redis.call('SET', 'arq:in-progress:' .. id, '1')"
+    ((command, first),) = key_arguments(bad)
+    assert command == "SET" and not first.startswith("KEYS[")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        s.start_call(KEYS, lease_ms=3000, worker="w"),
+        s.heartbeat_call(KEYS, lease_ms=3000, worker="w"),
+        s.publish_call(KEYS, [b"a", b"b"], lease_ms=3000, retention_ms=1000),
+    ],
+    ids=["START", "HEARTBEAT", "PUBLISH"],
+)
+def test_job_scripts_stay_in_the_job_slot(call: s.ScriptCall) -> None:
+    assert len({key_slot(k.encode()) for k in call.keys}) == 1
+
+
+def test_publish_call_carries_its_events_in_order() -> None:
+    call = s.publish_call(
+        KEYS, [b"e1", b"e2"], lease_ms=3000, retention_ms=9000, final_status="done"
+    )
+    assert call.keys == [KEYS.events, KEYS.meta, KEYS.lease]
+    assert call.args == [3000, "done", 9000, b"e1", b"e2"]
+
+
+def test_submit_check_and_cancel_calls() -> None:
+    sub = s.submit_call(KEYS, record=b"r", now_ms=5, start_timeout_ms=30, record_ttl_ms=99)
+    assert sub.keys == [KEYS.meta, KEYS.events, KEYS.arq_job, KEYS.queue, KEYS.wake]
+    assert sub.args == [KEYS.arq_job_id, b"r", 5, 30, 99]
+    check = s.check_call(KEYS, retention_ms=7)
+    assert check.keys == [KEYS.meta, KEYS.lease, KEYS.events, KEYS.queue, KEYS.arq_job]
+    assert check.args == [KEYS.arq_job_id, 7]
+    cancel = s.cancel_call(KEYS, retention_ms=7)
+    assert cancel.keys == [KEYS.meta, KEYS.events, KEYS.queue, KEYS.arq_job]
+    assert cancel.args == [KEYS.arq_job_id, 7, KEYS.cancel_channel, KEYS.job_id]
+
+
+def test_claim_declares_five_keys_per_job_and_none_for_foreign_arq_jobs() -> None:
+    other = JobKeys("pfx", "job-2")
+    call = s.claim_call(
+        "pfx",
+        KEYS.queue,
+        [KEYS.arq_job_id, "cron:nightly", other.arq_job_id],
+        in_progress_ttl_ms=10,
+        now_ms=20,
+        lease_ms=30,
+        worker="w",
+    )
+    per = s.CLAIM_KEYS_PER_JOB
+    assert len(call.keys) == 1 + 3 * per
+    assert call.keys[0] == KEYS.queue
+    assert call.keys[1 : 1 + per] == [
+        KEYS.arq_in_progress,
+        KEYS.arq_retry,
+        KEYS.arq_job,
+        KEYS.meta,
+        KEYS.lease,
+    ]
+    assert call.keys[1 + per : 1 + 2 * per] == [
+        "arq:in-progress:cron:nightly",
+        "arq:retry:cron:nightly",
+        "arq:job:cron:nightly",
+        "",
+        "",
+    ]
+    assert call.keys[1 + 2 * per :][3:] == [other.meta, other.lease]
+    assert call.args == [10, 20, 30, "w", KEYS.arq_job_id, "cron:nightly", other.arq_job_id]
+
+
+def test_job_keys_from_arq_job_id() -> None:
+    assert JobKeys.from_arq_job_id("pfx", "pfx:job-1") == KEYS
+    assert JobKeys.from_arq_job_id("pfx", "pfx:") is None
+    assert JobKeys.from_arq_job_id("pfx", "other:job-1") is None
