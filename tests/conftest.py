@@ -17,13 +17,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 import redis.asyncio
 
 from streaming_rag.exceptions import CLIError
+from streaming_rag.wire import redact_url
 from streaming_rag_cli.embedded import EmbeddedValkey, version
 
 ENV_VAR = "REDIS_URL"
@@ -43,12 +43,8 @@ _BACKEND = pytest.StashKey[_Backend]()
 
 
 def _redact(url: str) -> str:
-    """`url` with any password replaced by `***`, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """`url` with every password replaced by `***`, for printing."""
+    return redact_url(url)
 
 
 def _describe(info: dict[str, Any]) -> str:

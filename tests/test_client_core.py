@@ -11,7 +11,7 @@ from streaming_rag import EventType, StreamEvent
 from streaming_rag.exceptions import JobNotFound
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, encode_event
-from streaming_rag_client._core import Follower, afollow, follow
+from streaming_rag_client._core import Follower, afollow, cancel_succeeded, follow
 
 KEYS = JobKeys("core-test", "job1")
 BLOCK_MS = 250
@@ -182,3 +182,18 @@ def test_follower_advance_and_settle() -> None:
     assert f.on_idle("failed") is True and not f.may_block
     f.settle()
     assert f.done
+
+
+@pytest.mark.parametrize(
+    ("verdict", "retried", "succeeded"),
+    [
+        ("withdrawn", False, True),
+        ("requested", False, True),
+        ("cancelled", False, False),  # someone else had cancelled it
+        ("cancelled", True, True),  # our first attempt did, its reply was lost
+        ("done", True, False),
+        ("failed", False, False),
+    ],
+)
+def test_cancel_succeeded(verdict: str, retried: bool, succeeded: bool) -> None:
+    assert cancel_succeeded(verdict, retried=retried) is succeeded

@@ -55,8 +55,10 @@ def test_the_check_catches_a_key_built_inside_a_script() -> None:
     "call",
     [
         s.start_call(KEYS, lease_ms=3000, worker="w"),
-        s.heartbeat_call(KEYS, lease_ms=3000, worker="w"),
-        s.publish_call(KEYS, [b"a", b"b"], lease_ms=3000, retention_ms=1000),
+        s.heartbeat_call(KEYS, lease_ms=3000, worker="w", retention_ms=1),
+        s.publish_call(
+            KEYS, [("1-0", b"a"), ("1-1", b"b")], expected_top="0-0", lease_ms=3, retention_ms=1
+        ),
     ],
     ids=["START", "HEARTBEAT", "PUBLISH"],
 )
@@ -66,18 +68,33 @@ def test_job_scripts_stay_in_the_job_slot(call: s.ScriptCall) -> None:
 
 def test_publish_call_carries_its_events_in_order() -> None:
     call = s.publish_call(
-        KEYS, [b"e1", b"e2"], lease_ms=3000, retention_ms=9000, final_status="done"
+        KEYS,
+        [("5-0", b"e1"), ("5-1", b"e2")],
+        expected_top="4-3",
+        lease_ms=3000,
+        retention_ms=9000,
+        final_status="done",
     )
     assert call.keys == [KEYS.events, KEYS.meta, KEYS.lease]
-    assert call.args == [3000, "done", 9000, b"e1", b"e2"]
+    assert call.args == [3000, "done", 9000, "4-3", "5-0", b"e1", "5-1", b"e2"]
 
 
 def test_submit_check_and_cancel_calls() -> None:
-    sub = s.submit_call(KEYS, record=b"r", now_ms=5, start_timeout_ms=30, record_ttl_ms=99)
-    assert sub.keys == [KEYS.meta, KEYS.events, KEYS.arq_job, KEYS.queue, KEYS.wake]
-    assert sub.args == [KEYS.arq_job_id, b"r", 5, 30, 99]
+    sub = s.submit_call(
+        KEYS, record=b"r", now_ms=5, start_timeout_ms=30, record_ttl_ms=99, nonce="n"
+    )
+    assert sub.keys == [KEYS.meta, KEYS.events, KEYS.arq_job, KEYS.queue, KEYS.wake, KEYS.index]
+    assert sub.args == [KEYS.arq_job_id, b"r", 5, 30, 99, "n", KEYS.job_id]
     check = s.check_call(KEYS, retention_ms=7)
-    assert check.keys == [KEYS.meta, KEYS.lease, KEYS.events, KEYS.queue, KEYS.arq_job]
+    assert check.keys == [
+        KEYS.meta,
+        KEYS.lease,
+        KEYS.events,
+        KEYS.queue,
+        KEYS.arq_job,
+        KEYS.arq_in_progress,
+        KEYS.arq_retry,
+    ]
     assert check.args == [KEYS.arq_job_id, 7]
     cancel = s.cancel_call(KEYS, retention_ms=7)
     assert cancel.keys == [KEYS.meta, KEYS.events, KEYS.queue, KEYS.arq_job]

@@ -12,8 +12,11 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+from streaming_rag import StreamEvent
 from streaming_rag.exceptions import CLIError
 
 from ._printing import EventPrinter
@@ -69,6 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     import redis
 
+    from streaming_rag.wire import redact_url
     from streaming_rag_worker import WorkerConfig, build_worker
     from streaming_rag_worker.app import load_app
 
@@ -94,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         worker.run()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise CLIError(f"cannot reach Redis at {config.redis_url}: {exc}") from None
+        raise CLIError(f"cannot reach Redis at {redact_url(config.redis_url)}: {exc}") from None
     return 0
 
 
@@ -132,12 +136,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # -- client commands -----------------------------------------------------------------------------
+#: Seconds `ask` waits for the first event before it says it is waiting for a worker.
+WAITING_NOTE_S = 2.0
+
+
+def _noting_a_wait(events: Iterator[StreamEvent], note: str) -> Iterator[StreamEvent]:
+    """`events`, with `note` printed to stderr if the first one takes `WAITING_NOTE_S`."""
+    timer = threading.Timer(WAITING_NOTE_S, lambda: print(note, file=sys.stderr, flush=True))
+    timer.daemon = True
+    timer.start()
+    try:
+        for event in events:
+            timer.cancel()
+            yield event
+    finally:
+        timer.cancel()
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     with _client(args, start_timeout=args.start_timeout) as client:
         job_id = client.submit(args.question, args.context_json)
         print(f"[job {job_id}]", file=sys.stderr, flush=True)
+        note = (
+            f"[waiting for a worker to take job {job_id} (up to {args.start_timeout:g} s): is "
+            f"one running on the same Redis and prefix {client.prefix!r}?]"
+        )
         try:
-            return EventPrinter(job_id).follow(client.events(job_id))
+            return EventPrinter(job_id).follow(_noting_a_wait(client.events(job_id), note))
         except KeyboardInterrupt:
             print(
                 f"\n[interrupted; the job goes on: `streaming-rag watch {job_id}` rejoins it, "
@@ -149,7 +174,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        return EventPrinter(args.job_id).follow(client.events(args.job_id, after=args.after))
+        printer = EventPrinter(args.job_id)
+        code = printer.follow(client.events(args.job_id, after=args.after))
+        if printer.shown == 0:  # the job had ended at or before --after
+            status = client.status(args.job_id)
+            print(
+                f"[no events after {args.after}: job {args.job_id} is {status}]",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 0 if status == "done" else 1
+        return code
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

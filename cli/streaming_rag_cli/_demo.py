@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import uuid
+from typing import Any
 
 from streaming_rag import EventType, StreamEvent
 
@@ -34,26 +35,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         url = server.url
         print(f"[embedded Valkey started at {url}]", flush=True)
     try:
-        return asyncio.run(_demo(url, args.question or SAMPLE_QUESTION, args.replay_speed))
+        question = args.question or SAMPLE_QUESTION
+        return asyncio.run(_demo(url, question, args.replay_speed, args.prefix))
     finally:
         if server is not None:
             server.stop()
             print("[embedded Valkey stopped]", flush=True)
 
 
-async def _demo(url: str, question: str, replay_speed: float) -> int:
+async def _demo(url: str, question: str, replay_speed: float, given_prefix: str | None) -> int:
+    """The demo on `url`. Under `given_prefix` (``--prefix``) the job's keys stay for their
+    retention period, like any job's; under the default random prefix, every key the demo
+    made is deleted at the end."""
     from streaming_rag_client import StreamingRAGClient
     from streaming_rag_worker import WorkerConfig, build_worker
     from streaming_rag_worker.demo_app import demo_app
 
     out = sys.stdout
-    prefix = f"srag-demo-{uuid.uuid4().hex[:8]}"  # never collides with a real deployment
+    # a random prefix never collides with a real deployment's
+    prefix = given_prefix or f"srag-demo-{uuid.uuid4().hex[:8]}"
     config = WorkerConfig(redis_url=url, prefix=prefix, concurrency=4, shutdown_grace_s=0.0)
     worker = build_worker(config, rag=demo_app(), handle_signals=False, poll_delay=0.05)
     worker_task = asyncio.create_task(worker.async_run(), name="streaming-rag-demo-worker")
     print(f"[worker running in this process, prefix {prefix!r}]", flush=True)
-    a = StreamingRAGClient(url, prefix=prefix, start_timeout=10.0, poll_interval_s=0.25)
-    b = StreamingRAGClient(url, prefix=prefix, start_timeout=10.0, poll_interval_s=0.25)
+    # a server that dies under the demo ends it in a few seconds, with one line
+    opts: dict[str, Any] = {"start_timeout": 10.0, "poll_interval_s": 0.25, "reconnect_s": 3.0}
+    a = StreamingRAGClient(url, prefix=prefix, **opts)
+    b = StreamingRAGClient(url, prefix=prefix, **opts)
     try:
         job_id = await a.asubmit(question)
         print(f"\nQuestion: {question}", flush=True)
@@ -93,7 +101,8 @@ async def _demo(url: str, question: str, replay_speed: float) -> int:
         await worker.stop(0)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await worker_task
-        await _delete_keys(url, prefix)
+        if given_prefix is None:
+            await _delete_keys(url, prefix)
 
 
 async def _delete_keys(url: str, prefix: str) -> None:

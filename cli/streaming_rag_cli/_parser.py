@@ -19,7 +19,15 @@ from ._commands import (
     cmd_worker,
 )
 from ._demo import cmd_demo
-from ._settings import DEFAULT_PREFIX, DEFAULT_REDIS_URL, DEMO_APP, ENV_VARS, FOLDER_APP, LLM_APP
+from ._settings import (
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    DEMO_APP,
+    ENV_VARS,
+    FOLDER_APP,
+    LLM_APP,
+    URL_FORMS,
+)
 
 __all__ = ["build_parser", "parse_args", "subcommands"]
 
@@ -37,6 +45,19 @@ def _number(kind: Callable[[str], Any], minimum: float, inclusive: bool) -> Call
         return value
 
     return parse
+
+
+def _speed(text: str) -> float:
+    """A replay pacing factor: 0 (instant) or a finite number from 0.01 to 1000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a valid number: {text!r}") from None
+    if value != 0 and not 0.01 <= value <= 1000:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (instant) or from 0.01 to 1000 (times the original pace), got {text}"
+        )
+    return value
 
 
 _positive_float = _number(float, 0, inclusive=False)
@@ -69,7 +90,8 @@ def _add_common(parser: argparse.ArgumentParser, *, url_help: str | None = None)
     parser.add_argument(
         "--redis-url",
         metavar="URL",
-        help=url_help or f"Redis/Valkey server (default: $REDIS_URL, else {DEFAULT_REDIS_URL})",
+        help=url_help
+        or f"Redis/Valkey server URL: {URL_FORMS} (default: $REDIS_URL, else {DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
         "--prefix",
@@ -222,10 +244,10 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument(
         "--speed",
-        type=_non_negative_float,
+        type=_speed,
         default=1.0,
         metavar="X",
-        help="pacing factor: 1 original, 2 twice as fast, 0 instant (default 1)",
+        help="pacing factor: 1 original, 2 twice as fast, 0 instant; 0.01 to 1000 (default 1)",
     )
     _add_common(p)
     p.set_defaults(func=cmd_replay)
@@ -265,7 +287,7 @@ def _add_demo(sub: Any) -> None:
     )
     p.add_argument(
         "--replay-speed",
-        type=_non_negative_float,
+        type=_speed,
         default=2.0,
         metavar="X",
         help="pacing factor of the replay, 0 instant (default 2)",

@@ -13,13 +13,15 @@ __all__ = ["EventPrinter"]
 
 class EventPrinter:
     """Prints one job's events: chunk text to `out` as it comes (flushed), the bracketed
-    retrieval / done / error lines to `err`. `exit_code` is 0 after GENERATION_DONE, else 1."""
+    retrieval / done / error lines to `err`. `exit_code` is 0 after GENERATION_DONE, else 1;
+    `shown` counts the events shown."""
 
     def __init__(self, job_id: str, out: TextIO | None = None, err: TextIO | None = None):
         self.job_id = job_id
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.exit_code = 1
+        self.shown = 0
         self.answer = ""
         self._first_chunk: float | None = None
         self._mid_line = False
@@ -35,6 +37,7 @@ class EventPrinter:
         print(text, file=self.err, flush=True)
 
     def show(self, event: StreamEvent) -> None:
+        self.shown += 1
         data = event.data
         if event.type is EventType.CHUNK:
             if self._first_chunk is None:

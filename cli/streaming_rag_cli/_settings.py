@@ -18,6 +18,7 @@ __all__ = [
     "FOLDER_APP",
     "LLM_APP",
     "LLM_ENV",
+    "URL_FORMS",
     "prefix",
     "redis_url",
     "setup_logging",
@@ -34,9 +35,17 @@ LLM_ENV = {
     "llm_api_key": "STREAMING_RAG_LLM_API_KEY",
 }
 
+#: The server URL forms every subcommand accepts (`streaming_rag.wire.parse_url`).
+URL_FORMS = (
+    "redis://[[user]:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/socket, "
+    "redis+sentinel://[:password@]host[:port][,host[:port]...]/service_name[/db] "
+    "(rediss+sentinel://... for TLS); the password may also be given as ?password=, "
+    "the sentinels' as ?sentinel_password="
+)
+
 #: Every environment variable the CLI, or the worker or web app it runs, reads.
 ENV_VARS = {
-    "REDIS_URL": f"server URL for every subcommand (default {DEFAULT_REDIS_URL})",
+    "REDIS_URL": f"server URL for every subcommand (default {DEFAULT_REDIS_URL}): {URL_FORMS}",
     "STREAMING_RAG_PREFIX": f"key prefix / queue name (default {DEFAULT_PREFIX})",
     "STREAMING_RAG_APP": "worker: the pipeline factory, module:factory",
     "STREAMING_RAG_CONCURRENCY": "worker: jobs run at once (arq max_jobs, default 100)",

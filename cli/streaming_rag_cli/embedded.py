@@ -145,7 +145,8 @@ class EmbeddedValkey:
     States: not started -> running (`start`) -> down with port and data kept (`kill`, or
     the process dying) -> running (`start` / `restart`, same port) ... -> stopped (`stop`:
     the temporary dir is removed; a later `start()` begins afresh). A running server that is
-    never stopped is killed when this object is garbage collected or Python exits.
+    never stopped is killed when this object is garbage collected or Python exits normally
+    (not when Python itself is killed: that leaves the server running, as any child).
     """
 
     def __init__(
@@ -270,6 +271,12 @@ class EmbeddedValkey:
         self._port = self._requested_port
         self._conf_written = False
 
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Stop the server cleanly (SIGTERM, which flushes the AOF; SIGKILL after
+        `timeout_s`) but keep its port and data dir for `start()` / `restart()`: a planned
+        restart with a gap of the caller's choosing."""
+        self._halt(signal.SIGTERM, timeout_s)
+
     def kill(self) -> None:
         """Crash the server: SIGKILL, and wait until the process is gone (its port then
         refuses connections). Port and data dir are kept for `start()` / `restart()`."""
@@ -332,7 +339,6 @@ class EmbeddedValkey:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.data_dir,
-                    start_new_session=True,  # a Ctrl-C at the terminal is ours to handle
                 )
         except OSError as exc:
             return f"cannot run {binary}: {exc}", False

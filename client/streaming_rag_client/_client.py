@@ -19,23 +19,29 @@ from streaming_rag.wire import (
     DEFAULT_MAX_QUERY_CHARS,
     DEFAULT_PREFIX,
     JobKeys,
+    parse_url,
+    redact_url,
     validate_job_id,
     validate_prefix,
 )
+from streaming_rag.wire.ids import validate_cursor
 from streaming_rag.wire.keys import DEFAULT_REDIS_URL
 
+from ._connect import async_client, sync_client
 from ._core import (
     Follower,
     JobStatus,
     SubmitPlan,
     afollow,
+    cancel_succeeded,
+    check_speed,
     follow,
     plan_submit,
     replay_delay,
     status_from_check,
 )
 from ._fanout import Fanout
-from ._transport import AsyncTransport, SyncTransport, redacted
+from ._transport import AsyncTransport, SyncTransport
 
 __all__ = ["DEFAULT_REDIS_URL", "StreamingRAGClient"]
 
@@ -50,7 +56,11 @@ class StreamingRAGClient:
 
     Sync methods use redis-py's sync client, async methods (prefixed `a`) its asyncio client;
     both are created on first use from `redis_url` (default: `REDIS_URL`, else
-    `redis://127.0.0.1:6379/0`), or passed ready-made as `sync_client` / `async_client`.
+    `redis://127.0.0.1:6379/0`), or passed ready-made as `sync_client` / `async_client`. The
+    URL is parsed here (`streaming_rag.wire.parse_url`: redis://, rediss://, unix://,
+    redis+sentinel://, rediss+sentinel://; a bad one raises `InvalidRequest`); a sentinel URL
+    gives clients that follow the primary through failovers. `repr()` and every error message
+    show the URL with its passwords masked.
 
     Async subscribers of one client share one reader connection (`fanout=True`): one XREAD
     follows every watched stream and hands each event to every subscriber's buffer (at most
@@ -62,6 +72,12 @@ class StreamingRAGClient:
     whether the job is still queued within `start_timeout` seconds and whether its worker's
     lease is alive; a dead worker or an unclaimed job ends the stream with an ERROR event
     (stage `worker` or `queue`) that is appended to the stream for every other subscriber too.
+
+    Redis outages are ridden through: every call (a submit, each read of a stream, a cancel, a
+    status check, the fan-out's shared reader) that meets a connection error tries again, with
+    backoff (50 ms doubling to 1 s, with jitter), for up to `reconnect_s` seconds (default 30,
+    must be > 0), from the same cursor, so subscribers see every event exactly once across a
+    server restart; only then does it raise `ServerUnavailable`.
     """
 
     def __init__(
@@ -73,21 +89,26 @@ class StreamingRAGClient:
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         retention_s: float = 3600.0,
         poll_interval_s: float = 1.0,
+        reconnect_s: float = 30.0,
         fanout: bool = True,
         fanout_buffer: int = 10_000,
         sync_client: redis.Redis | None = None,
         async_client: redis.asyncio.Redis | None = None,
     ) -> None:
         self.url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+        self._server = parse_url(self.url)
         self.prefix = validate_prefix(prefix)
         if not start_timeout > 0:
             raise InvalidRequest(f"start_timeout must be > 0 seconds, got {start_timeout}")
         if not poll_interval_s > 0:
             raise InvalidRequest(f"poll_interval_s must be > 0 seconds, got {poll_interval_s}")
+        if not reconnect_s > 0:
+            raise InvalidRequest(f"reconnect_s must be > 0 seconds, got {reconnect_s}")
         self.start_timeout = float(start_timeout)
         self.max_query_chars = max_query_chars
         self.retention_s = float(retention_s)
         self.poll_interval_s = float(poll_interval_s)
+        self.reconnect_s = float(reconnect_s)
         self._sync_client = sync_client
         self._async_client = async_client
         self._owns_sync = sync_client is None
@@ -101,7 +122,7 @@ class StreamingRAGClient:
         self._stats = StreamStats()
 
     def __repr__(self) -> str:
-        return f"StreamingRAGClient(url={redacted(self.url)!r}, prefix={self.prefix!r})"
+        return f"StreamingRAGClient(url={redact_url(self.url)!r}, prefix={self.prefix!r})"
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -115,15 +136,19 @@ class StreamingRAGClient:
 
     def _sync_transport(self) -> SyncTransport:
         if self._sync is None:
-            client = self._sync_client or redis.Redis.from_url(self.url)
-            self._sync = SyncTransport(client, self.url, int(self.retention_s * 1000))
+            client = self._sync_client or sync_client(self._server)
+            self._sync = SyncTransport(
+                client, self.url, int(self.retention_s * 1000), reconnect_s=self.reconnect_s
+            )
         return self._sync
 
     def _async_transport(self) -> AsyncTransport:
         loop = asyncio.get_running_loop()
         if self._async is None or (self._owns_async and self._async_loop is not loop):
-            client = self._async_client or redis.asyncio.Redis.from_url(self.url)
-            self._async = AsyncTransport(client, self.url, int(self.retention_s * 1000))
+            client = self._async_client or async_client(self._server)
+            self._async = AsyncTransport(
+                client, self.url, int(self.retention_s * 1000), reconnect_s=self.reconnect_s
+            )
             self._async_loop = loop
             self._fanout = Fanout(
                 self._async, poll_interval_s=self.poll_interval_s, buffer_size=self.fanout_buffer
@@ -161,15 +186,20 @@ class StreamingRAGClient:
 
     def events(self, job_id: str, after: str | None = None) -> Generator[StreamEvent, None, None]:
         """Every event of a job, running or finished, from the start or after entry `after`,
-        each exactly once, ending after the terminal event. Raises `JobNotFound`."""
+        each exactly once, ending after the terminal event. Raises `JobNotFound`, or
+        `InvalidRequest` for an `after` that is not an entry id."""
         keys = self._keys(job_id)
+        if after is not None:
+            validate_cursor(after)
         if self._sync_transport().check(keys) == "missing":
             raise JobNotFound(job_id, self.prefix)
         yield from self._follow(keys, after)
 
     def replay(self, job_id: str, speed: float = 0.0) -> Generator[StreamEvent, None, None]:
         """A job's trace re-emitted with its original pacing divided by `speed` (2.0 = twice as
-        fast); `speed=0` emits it at once."""
+        fast); `speed=0` emits it at once. Raises `InvalidRequest` for a speed that is not a
+        finite number >= 0."""
+        speed = check_speed(speed)
         started = time.monotonic()
         for event in self.events(job_id):
             delay = replay_delay(event, started, time.monotonic(), speed)
@@ -201,10 +231,10 @@ class StreamingRAGClient:
         """Cancel a job: a queued one ends at once, a running one's worker stops it promptly;
         both end with ERROR {"stage": "generation", "msg": "Cancelled"}. False if the job had
         already finished. Raises `JobNotFound`."""
-        verdict = self._sync_transport().cancel(self._keys(job_id))
+        verdict, retried = self._sync_transport().cancel(self._keys(job_id))
         if verdict == "missing":
             raise JobNotFound(job_id, self.prefix)
-        return verdict in ("withdrawn", "requested")
+        return cancel_succeeded(verdict, retried=retried)
 
     def status(self, job_id: str) -> JobStatus:
         """queued, running, done, failed, cancelled or not found (also settles a job whose
@@ -257,10 +287,13 @@ class StreamingRAGClient:
         """Async `events` (call it inside the event loop that iterates it). Subscribers in one
         client share one reader connection (see `streaming_rag_client._fanout`); `fanout=False`
         gives each its own blocking reads."""
+        if after is not None:
+            validate_cursor(after)
         return self._afollow(self._keys(job_id), after, known=False)
 
     async def areplay(self, job_id: str, speed: float = 0.0) -> AsyncGenerator[StreamEvent, None]:
         """Async `replay`."""
+        speed = check_speed(speed)
         started = time.monotonic()
         async for event in self.aevents(job_id):
             delay = replay_delay(event, started, time.monotonic(), speed)
@@ -292,10 +325,10 @@ class StreamingRAGClient:
 
     async def acancel(self, job_id: str) -> bool:
         """Async `cancel`."""
-        verdict = await self._async_transport().cancel(self._keys(job_id))
+        verdict, retried = await self._async_transport().cancel(self._keys(job_id))
         if verdict == "missing":
             raise JobNotFound(job_id, self.prefix)
-        return verdict in ("withdrawn", "requested")
+        return cancel_succeeded(verdict, retried=retried)
 
     async def astatus(self, job_id: str) -> JobStatus:
         """Async `status`."""

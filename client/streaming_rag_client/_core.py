@@ -15,6 +15,9 @@ Following a job (`Follower`):
    job is unknown or expired (`JobNotFound`); `lost` / `withdrawn` → CHECK has just appended
    the terminal ERROR, read on; `queued` / `running` → wait on; a final status → one more
    non-blocking read, and if that is empty too the job ended at or before the cursor.
+
+Outages are the transports' business: each call is retried from the same cursor (see
+`_transport`), so the state machine never sees them.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from streaming_rag import StreamEvent
-from streaming_rag.exceptions import JobNotFound
+from streaming_rag.exceptions import InvalidRequest, JobNotFound
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, decode_entries, new_job_id, parse_request, validate_job_id
 from streaming_rag.wire.models import arq_job_record
@@ -41,6 +44,7 @@ __all__ = [
     "SyncReads",
     "SubmitPlan",
     "afollow",
+    "cancel_succeeded",
     "entry_id_key",
     "follow",
     "replay_delay",
@@ -60,6 +64,12 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NOT_FOUND = "not found"
+
+
+def cancel_succeeded(verdict: str, *, retried: bool) -> bool:
+    """Whether a CANCEL call ended (`withdrawn`) or flagged (`requested`) the job. After a
+    retry, `cancelled` counts too: an earlier attempt whose reply was lost did it."""
+    return verdict in ("withdrawn", "requested") or (retried and verdict == "cancelled")
 
 
 def status_from_check(verdict: str) -> JobStatus:
@@ -107,6 +117,7 @@ def plan_submit(
         now_ms=now_ms,
         start_timeout_ms=start_timeout_ms,
         record_ttl_ms=record_ttl_ms,
+        nonce=new_job_id(),
     )
     return SubmitPlan(keys, call)
 
@@ -246,6 +257,15 @@ async def afollow(
                 yield event
         else:
             f.on_idle(await t.check(f.keys))
+
+
+def check_speed(speed: object) -> float:
+    """A replay's `speed`: a finite number >= 0, else `InvalidRequest`."""
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not speed >= 0:
+        raise InvalidRequest(f"speed must be a number >= 0 (0: no waiting), got {speed!r}")
+    if speed == float("inf"):
+        raise InvalidRequest("speed must be finite; use 0 for no waiting")
+    return float(speed)
 
 
 def replay_delay(event: StreamEvent, started: float, now: float, speed: float) -> float:

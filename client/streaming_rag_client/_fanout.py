@@ -20,6 +20,14 @@ Exactly once, in order, from each subscriber's own cursor:
 The reader also watches liveness: a stream with no new entry for `poll_interval_s` gets the
 CHECK script (one pipeline for all idle streams), which appends the worker-lost or queue
 ERROR when due, or reports the job missing.
+
+Outages: the reader's XREAD and CHECKs run through the transport's retry loop
+(`AsyncTransport.call`), so on a dropped connection it reconnects and reads again from the
+same cursors for up to `reconnect_s`; subscribers keep waiting on their buffers and miss
+nothing. A reconnected connection has a new CLIENT ID, so the reader asks for it again before
+its next XREAD (until then nobody sends CLIENT UNBLOCK: a stale id could name another
+client). If the server stays away longer, every subscriber raises the reader's
+`ServerUnavailable`. Any other failure of the reader makes each subscriber catch up by itself.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import redis.exceptions
+
 from streaming_rag import EventType, StreamEvent
-from streaming_rag.exceptions import JobNotFound
+from streaming_rag.exceptions import JobNotFound, ServerUnavailable
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, decode_entries
 from streaming_rag.wire.codec import decode_raw_entry
@@ -53,6 +63,10 @@ class _Raise:
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
+
+
+class _Unwatched(Exception):
+    """Nobody watches a stream any more: the reader stops (also between retries)."""
 
 
 class _Subscriber:
@@ -237,20 +251,21 @@ class Fanout:
         block_ms = max(1, int(self._poll_s * 1000))
         self._conn = raw_view(self._t.client, single_connection=True)  # its own connection
         try:
-            self._conn_id = int(await self._conn.client_id())
             while self._watched:
-                streams = {name: w.follower.cursor for name, w in self._watched.items()}
-                self._blocked = True
-                try:
-                    response = await self._conn.xread(streams, count=READ_COUNT, block=block_ms)
-                finally:
-                    self._blocked = False
+                response = await self._t.call(lambda: self._read(block_ms))
                 now = loop.time()
                 pairs = response.items() if isinstance(response, dict) else response or ()
                 for stream, entries in pairs:
                     self._deliver(text(stream), entries, now)
                 await self._check_idle(now)
-        except Exception as exc:  # the connection failed: every subscriber catches up alone
+        except _Unwatched:
+            pass
+        except ServerUnavailable as exc:  # down for reconnect_s: every subscriber raises it
+            for watched in self._watched.values():
+                for sub in list(watched.subs):
+                    sub.push(_Raise(exc))
+            self._watched.clear()
+        except Exception as exc:  # anything else: every subscriber catches up alone
             logger.warning("fan-out reader stopped (%s); subscribers read on their own", exc)
             for watched in self._watched.values():
                 for sub in list(watched.subs):
@@ -263,6 +278,29 @@ class Fanout:
                     await conn.aclose()
             if self._watched:  # someone joined while this reader was leaving: start another
                 self._reader = asyncio.create_task(self._run(), name="streaming-rag-fanout")
+
+    async def _read(self, block_ms: int) -> Any:
+        """One blocking XREAD of every watched stream from the reader's cursors (`_Unwatched`
+        when nobody watches any more, e.g. every subscriber left during an outage). After a
+        (re)connect it first learns the connection's id, for CLIENT UNBLOCK; any failure
+        forgets it, as the next attempt may reconnect."""
+        if not self._watched:
+            raise _Unwatched
+        conn = self._conn
+        try:
+            if self._conn_id is None:
+                self._conn_id = int(await conn.client_id())
+            streams = {name: w.follower.cursor for name, w in self._watched.items()}
+            self._blocked = True
+            try:
+                return await conn.xread(streams, count=READ_COUNT, block=block_ms)
+            finally:
+                self._blocked = False
+        except BaseException as exc:
+            self._conn_id = None
+            if isinstance(exc, redis.exceptions.ResponseError) and conn.connection is not None:
+                await conn.connection.disconnect()  # e.g. UNBLOCKED: reconnect to the primary
+            raise
 
     def _deliver(self, stream: str, entries: list[Any], now: float) -> None:
         watched = self._watched.get(stream)

@@ -10,7 +10,11 @@ One SSE message per `StreamEvent`::
 `data` is always a JSON object with two keys: `data`, the event's own data (a string for
 `chunk`, an object for every other type, see `EventType`), and `latency`, seconds since the
 answer's stream started. While no event is due, a comment line `: keep-alive` is sent every
-`keepalive_s` seconds so proxies and browsers keep the connection open.
+`keepalive_s` seconds so proxies and browsers keep the connection open (also while the
+client rides through a Redis outage). A stream whose client gave up on Redis
+(`ServerUnavailable`, after its `reconnect_s`) ends cleanly with the comment
+`: server unavailable; ...` (`UNAVAILABLE`), and a browser's `EventSource` reconnects by itself
+with `Last-Event-ID`, resuming after the last event it got.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from streaming_rag import StreamEvent
-from streaming_rag.exceptions import InvalidRequest, JobNotFound
+from streaming_rag.exceptions import InvalidRequest, JobNotFound, ServerUnavailable
 
-__all__ = ["KEEPALIVE", "OpenStreams", "event_stream", "format_event", "resume_cursor"]
+__all__ = [
+    "KEEPALIVE",
+    "UNAVAILABLE",
+    "OpenStreams",
+    "event_stream",
+    "format_event",
+    "resume_cursor",
+]
 
 KEEPALIVE = b": keep-alive\n\n"
+#: The last bytes of a stream whose Redis stayed unreachable for the client's `reconnect_s`.
+UNAVAILABLE = b": server unavailable; reconnect with Last-Event-ID to resume\n\n"
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
@@ -102,7 +115,7 @@ async def event_stream(
     event. The pending read is never cancelled by a keep-alive (only by closing this
     generator, e.g. when the HTTP client disconnects), and closing this generator closes
     `events`, so no reader outlives the response. A job that vanishes mid-stream (expired)
-    just ends the stream."""
+    just ends the stream; one whose Redis stays unreachable ends it after `UNAVAILABLE`."""
     streams.opened()
     pending: asyncio.Task[StreamEvent | None] | None = None
     try:
@@ -114,7 +127,11 @@ async def event_stream(
                 yield KEEPALIVE
                 continue
             task, pending = pending, None
-            event = task.result()
+            try:
+                event = task.result()
+            except ServerUnavailable:
+                yield UNAVAILABLE
+                return
             if event is None:
                 return
             yield format_event(event)

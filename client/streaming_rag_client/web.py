@@ -15,7 +15,8 @@ Routes (relative to where the app is mounted):
 - `GET /` → a small page that asks a question and renders the answer live (`?job=<id>`
   watches an existing job).
 
-Unknown jobs → 404, an unreachable Redis → 503, each as `{"detail": message}`.
+Unknown jobs → 404, an unreachable Redis (for longer than the client's `reconnect_s`) → 503,
+each as `{"detail": message}`.
 """
 
 from __future__ import annotations
@@ -214,7 +215,10 @@ def create_app(
     shutdown) from `redis_url` (default `$REDIS_URL`, else redis://127.0.0.1:6379/0), `prefix`
     (default `$STREAMING_RAG_PREFIX`, else `srag`), `start_timeout` (default 30 s) and any
     other `StreamingRAGClient` keyword. With no arguments it reads only the environment, so
-    `uvicorn --factory streaming_rag_client.web:create_app` serves it.
+    `uvicorn --factory streaming_rag_client.web:create_app` serves it. `reconnect_s` (a client
+    keyword, default 30 s) is how long a request or an event stream rides through a Redis
+    outage: requests then answer 503, and event streams end with the `: server unavailable`
+    comment (keep-alives flow meanwhile).
 
     Mounted in another app (`app.mount("/rag", create_app(...))`) its lifespan does not run:
     pass your own client then, and close it in your app's lifespan."""

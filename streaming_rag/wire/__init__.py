@@ -22,6 +22,7 @@ from .codec import (
 )
 from .keys import DEFAULT_PREFIX, JobKeys, new_job_id, validate_job_id, validate_prefix
 from .models import DEFAULT_MAX_QUERY_CHARS, JobRequest, parse_request
+from .urls import ServerSpec, parse_url, redact_url
 
 __all__ = [
     "DEFAULT_MAX_QUERY_CHARS",
@@ -33,6 +34,7 @@ __all__ = [
     "JobNotFound",
     "JobRequest",
     "QueueError",
+    "ServerSpec",
     "ServerUnavailable",
     "decode_entries",
     "decode_entry",
@@ -42,6 +44,8 @@ __all__ = [
     "new_job_id",
     "pack_job",
     "parse_request",
+    "parse_url",
+    "redact_url",
     "unpack_job",
     "validate_job_id",
     "validate_prefix",

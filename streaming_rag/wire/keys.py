@@ -5,12 +5,14 @@ one Redis Cluster slot; the prefix separates deployments (and test runs) on one 
 key                            holds
 =============================  ======================================================
 ``{prefix}:{<job_id>}:events``   the job's event stream (one entry per `StreamEvent`)
-``{prefix}:{<job_id>}:job``      hash: status, created_ms, start_deadline_ms, started_ms,
-                                 finished_ms, worker, cancel
+``{prefix}:{<job_id>}:job``      hash: status, created_ms, nonce, start_timeout_ms,
+                                 start_deadline_ms, started_ms, finished_ms, worker, cancel
 ``{prefix}:{<job_id>}:lease``    the running worker's liveness lease (short TTL)
 ``{prefix}:queue``               the arq queue (sorted set of arq job ids)
 ``{prefix}:cancel``              pub/sub channel: job ids whose cancellation was asked
 ``{prefix}:wake``                list: each submit pushes its arq job id; an idle worker BLPOPs it
+``{prefix}:jobs``                sorted set: unfinished job ids, scored by their next sweep time
+``{prefix}:sweep-lock``          the lock of the worker sweeping now
 ``arq:job:{prefix}:<job_id>``    arq's own job record (arq's fixed key prefix)
 ``arq:in-progress:{prefix}:...``  arq's marker of a claimed job
 ``arq:retry:{prefix}:<job_id>``  arq's try counter of the job
@@ -103,6 +105,10 @@ class JobKeys:
         return wake_key(self.prefix)
 
     @property
+    def index(self) -> str:
+        return index_key(self.prefix)
+
+    @property
     def arq_job_id(self) -> str:
         return f"{self.prefix}:{self.job_id}"
 
@@ -136,6 +142,17 @@ def queue_name(prefix: str) -> str:
 def cancel_channel(prefix: str) -> str:
     """The pub/sub channel on which cancellations are announced to workers."""
     return f"{prefix}:cancel"
+
+
+def index_key(prefix: str) -> str:
+    """The sorted set of unfinished jobs (job id, scored by when a sweep should next CHECK
+    it): the workers' sweep ends jobs nobody watches (see `streaming_rag_worker.sweeper`)."""
+    return f"{prefix}:jobs"
+
+
+def sweep_lock_key(prefix: str) -> str:
+    """The lock one worker of a deployment holds while it sweeps (SET NX PX)."""
+    return f"{prefix}:sweep-lock"
 
 
 def wake_key(prefix: str) -> str:

@@ -67,6 +67,13 @@ def parse_request(
     """Validate a query and context into a `JobRequest`, or raise `InvalidRequest`."""
     if not isinstance(query, str):
         raise InvalidRequest(f"query must be a str, got {type(query).__name__}")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"query is not valid text: it holds a lone surrogate at character {exc.start} "
+            "(a broken UTF-16 pair): send it as proper Unicode"
+        ) from None
     if len(query) > max_query_chars:
         raise InvalidRequest(
             f"query is {len(query)} characters; the limit is {max_query_chars} "

@@ -79,36 +79,56 @@ end
 local function error_event(stage, msg, latency)
   return cmsgpack.pack({v = 1, t = 'error', d = {msg = msg, stage = stage}, l = latency})
 end
+local function declare_lost(meta, events, retention)
+  local started = tonumber(redis.call('HGET', meta, 'started_ms') or now)
+  local latency = math.floor((now - started) / 10 + 0.5) / 100
+  redis.call('XADD', events, '*', 'e', error_event('worker', 'Worker lost', latency))
+  finish(meta, events, 'failed', retention)
+end
 """
 
-#: KEYS meta, events, arq_job, queue, wake; ARGV arq_job_id, job_bytes, score_ms,
-#: start_timeout_ms, record_ttl_ms. Writes the same arq records as arq's `enqueue_job` (so
-#: stock arq workers run the job too) and pushes the arq job id as a wake-up token for an idle
-#: worker, all in one round trip. Returns 1, or 0 when the job id is already in use.
+#: KEYS meta, events, arq_job, queue, wake, index; ARGV arq_job_id, job_bytes, score_ms,
+#: start_timeout_ms, record_ttl_ms, nonce, job_id. Writes the same arq records as arq's
+#: `enqueue_job` (so stock arq workers run the job too), pushes the arq job id as a wake-up
+#: token for an idle worker, and indexes the job for the workers' sweep (due at its start
+#: deadline), all in one round trip. Idempotent: a retry after a lost reply finds its own
+#: `nonce` and returns 1 again. Returns 1, or 0 when another submit uses the job id.
 SUBMIT = (
     _NOW
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'created_ms', now,
-           'start_timeout_ms', ARGV[4], 'start_deadline_ms', now + tonumber(ARGV[4]))
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('HGET', KEYS[1], 'nonce') == ARGV[6] then return 1 end
+  return 0
+end
+local deadline = now + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'created_ms', now, 'nonce', ARGV[6],
+           'start_timeout_ms', ARGV[4], 'start_deadline_ms', deadline)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('RPUSH', KEYS[5], ARGV[1])
 redis.call('LTRIM', KEYS[5], -1024, -1)
 redis.call('PEXPIRE', KEYS[5], 60000)
+redis.call('ZADD', KEYS[6], deadline, ARGV[7])
 return 1
 """
 )
 
 
 def submit_call(
-    keys: JobKeys, *, record: bytes, now_ms: int, start_timeout_ms: int, record_ttl_ms: int
+    keys: JobKeys,
+    *,
+    record: bytes,
+    now_ms: int,
+    start_timeout_ms: int,
+    record_ttl_ms: int,
+    nonce: str,
 ) -> ScriptCall:
-    """SUBMIT one job: its arq `record` (see `models.arq_job_record`) is queued at `now_ms`."""
+    """SUBMIT one job: its arq `record` (see `models.arq_job_record`) is queued at `now_ms`;
+    `nonce` (unique per submit) makes a retried SUBMIT answer 1 instead of a duplicate."""
     return ScriptCall(
-        [keys.meta, keys.events, keys.arq_job, keys.queue, keys.wake],
-        [keys.arq_job_id, record, now_ms, start_timeout_ms, record_ttl_ms],
+        [keys.meta, keys.events, keys.arq_job, keys.queue, keys.wake, keys.index],
+        [keys.arq_job_id, record, now_ms, start_timeout_ms, record_ttl_ms, nonce, keys.job_id],
     )
 
 
@@ -133,21 +153,56 @@ def start_call(keys: JobKeys, *, lease_ms: int, worker: str) -> ScriptCall:
     return ScriptCall([keys.meta, keys.lease], [lease_ms, worker])
 
 
+_ID_LT = """
+local function id_lt(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+"""
+
 #: KEYS events, meta, lease; ARGV lease_ms, final_status ('' unless the batch ends the job),
-#: retention_ms, event... Appends the events only while the job is running; refreshes the
-#: lease, or (final batch) sets the final status and the retention TTL. Returns 1, or 0 when
-#: the job is no longer running here (declared lost, or gone).
+#: retention_ms, expected_top, then (entry_id, event) pairs. The worker decides every entry id
+#: (`EntryIds`), so the script is idempotent: an entry at or below the stream's top is already
+#: there and is skipped, so a retried batch never duplicates. `expected_top` is the id of the
+#: last entry the worker knows it wrote before this batch ('0-0' for none): a stream whose top
+#: is below it lost its tail (a failover promoted a replica that missed writes), and the script
+#: writes nothing but the lease (the lost writes held the worker's lease refreshes too: it
+#: takes the lease again) and returns that top as a string, so the worker re-sends everything
+#: after it with the original ids. Appends only while the job is running and its lease is alive (a
+#: lease that expired, e.g. during an outage longer than the lease, ends the job here as
+#: "Worker lost": a worker never resurrects a job that others may have given up on);
+#: refreshes the lease, or (final batch) sets the final status and the retention TTL.
+#: Returns 1 (written, or a final batch found already written), the stream's top id (a gap),
+#: or 0 when the job is no longer running here (declared lost, or gone).
 PUBLISH = (
     _NOW
     + _END
+    + _ID_LT
     + """
-if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return 0 end
-for i = 4, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end
+local top = '0-0'
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then top = last[1][1] end
+if redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+  local final_id = ARGV[#ARGV - 1]
+  if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[1], final_id, final_id) == 1 then return 1 end
+  return 0
+end
+if id_lt(top, ARGV[4]) then
+  redis.call('SET', KEYS[3], 'resync', 'PX', ARGV[1])
+  return top
+end
+if redis.call('PEXPIRE', KEYS[3], ARGV[1]) == 0 then
+  declare_lost(KEYS[2], KEYS[1], ARGV[3])
+  return 0
+end
+for i = 5, #ARGV, 2 do
+  if id_lt(top, ARGV[i]) then redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1]) end
+end
 if ARGV[2] ~= '' then
   redis.call('DEL', KEYS[3])
   finish(KEYS[2], KEYS[1], ARGV[2], ARGV[3])
-else
-  redis.call('PEXPIRE', KEYS[3], ARGV[1])
 end
 return 1
 """
@@ -156,39 +211,52 @@ return 1
 
 def publish_call(
     keys: JobKeys,
-    events: Sequence[bytes],
+    entries: Sequence[tuple[str, bytes]],
     *,
+    expected_top: str,
     lease_ms: int,
     retention_ms: int,
     final_status: str = "",
 ) -> ScriptCall:
-    """PUBLISH encoded `events` in order; `final_status` ends the job with the batch."""
-    return ScriptCall(
-        [keys.events, keys.meta, keys.lease], [lease_ms, final_status, retention_ms, *events]
-    )
+    """PUBLISH `(entry_id, encoded event)` pairs in id order, after `expected_top`;
+    `final_status` ends the job with the batch."""
+    args: list[Arg] = [lease_ms, final_status, retention_ms, expected_top]
+    for entry_id, payload in entries:
+        args += (entry_id, payload)
+    return ScriptCall([keys.events, keys.meta, keys.lease], args)
 
 
-#: KEYS meta, lease; ARGV lease_ms, worker_name. Keeps the lease alive while the job runs.
-#: Returns 'cancel' when a cancellation was asked, 'running', or the status it found.
-HEARTBEAT = """
+#: KEYS meta, lease, events; ARGV lease_ms, worker_name, retention_ms. Keeps the lease alive
+#: while the job runs. Returns 'cancel' when a cancellation was asked, 'running', 'lost' (the
+#: lease had expired: this call ended the job), or the status it found.
+HEARTBEAT = (
+    _NOW
+    + _END
+    + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s ~= 'running' then return s end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
+if not redis.call('SET', KEYS[2], ARGV[2], 'XX', 'PX', ARGV[1]) then
+  declare_lost(KEYS[1], KEYS[3], ARGV[3])
+  return 'lost'
+end
 if redis.call('HGET', KEYS[1], 'cancel') then return 'cancel' end
 return 'running'
 """
+)
 
 
-def heartbeat_call(keys: JobKeys, *, lease_ms: int, worker: str) -> ScriptCall:
-    """HEARTBEAT: renew `worker`'s lease of the job for `lease_ms`."""
-    return ScriptCall([keys.meta, keys.lease], [lease_ms, worker])
+def heartbeat_call(keys: JobKeys, *, lease_ms: int, worker: str, retention_ms: int) -> ScriptCall:
+    """HEARTBEAT: renew `worker`'s lease of the job for `lease_ms`; a lease that already
+    expired (an outage longer than the lease) ends the job as "Worker lost" instead."""
+    return ScriptCall([keys.meta, keys.lease, keys.events], [lease_ms, worker, retention_ms])
 
 
-#: Run by a subscriber that saw no new event for a while. KEYS meta, lease, events, queue,
-#: arq_job; ARGV arq_job_id, retention_ms. Returns 'missing', 'queued', 'running', 'lost'
-#: (this call appended the worker ERROR), 'withdrawn' (this call appended the queue ERROR),
-#: or the final status.
+#: Run by a subscriber that saw no new event for a while, and by the workers' sweep. KEYS
+#: meta, lease, events, queue, arq_job, arq_in_progress, arq_retry; ARGV arq_job_id,
+#: retention_ms. A job it ends (lost or withdrawn) also leaves arq's queue and records.
+#: Returns 'missing', 'queued', 'running', 'lost' (this call appended the worker ERROR),
+#: 'withdrawn' (this call appended the queue ERROR), or the final status.
 CHECK = (
     _NOW
     + _END
@@ -197,10 +265,9 @@ local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s == 'running' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
-  local started = tonumber(redis.call('HGET', KEYS[1], 'started_ms') or now)
-  local latency = math.floor((now - started) / 10 + 0.5) / 100
-  redis.call('XADD', KEYS[3], '*', 'e', error_event('worker', 'Worker lost', latency))
-  finish(KEYS[1], KEYS[3], 'failed', ARGV[2])
+  declare_lost(KEYS[1], KEYS[3], ARGV[2])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   return 'lost'
 end
 if s == 'queued' then
@@ -208,7 +275,7 @@ if s == 'queued' then
   if now < deadline then return 'queued' end
   local waited = tonumber(redis.call('HGET', KEYS[1], 'start_timeout_ms') or 0) / 1000
   redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('DEL', KEYS[5])
+  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   local msg = string.format('No worker picked up the job within %g s: is a worker running? '
     .. 'Start one with `streaming-rag worker --app module:factory` '
     .. '(same Redis URL and prefix), or run `streaming-rag demo`.', waited)
@@ -224,7 +291,15 @@ return s
 def check_call(keys: JobKeys, *, retention_ms: int) -> ScriptCall:
     """CHECK the job's liveness; a job it ends keeps its keys for `retention_ms`."""
     return ScriptCall(
-        [keys.meta, keys.lease, keys.events, keys.queue, keys.arq_job],
+        [
+            keys.meta,
+            keys.lease,
+            keys.events,
+            keys.queue,
+            keys.arq_job,
+            keys.arq_in_progress,
+            keys.arq_retry,
+        ],
         [keys.arq_job_id, retention_ms],
     )
 

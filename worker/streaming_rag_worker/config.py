@@ -7,9 +7,12 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
-from streaming_rag.exceptions import WorkerConfigError
-from streaming_rag.wire import DEFAULT_PREFIX, validate_prefix
+from arq.connections import RedisSettings
+
+from streaming_rag.exceptions import InvalidRequest, WorkerConfigError
+from streaming_rag.wire import DEFAULT_PREFIX, ServerSpec, parse_url, redact_url, validate_prefix
 from streaming_rag.wire.keys import DEFAULT_REDIS_URL
 
 __all__ = ["DEFAULT_REDIS_URL", "WorkerConfig"]
@@ -28,7 +31,10 @@ class WorkerConfig:
     `lease_s` is the liveness lease TTL, refreshed every `heartbeat_s` (and by every publish).
     `retention_s` is how long a finished job's keys live. `max_events` caps one job's stream.
     `shutdown_grace_s` is how long running jobs may finish after SIGTERM before they end with
-    an ERROR. `job_timeout_s` is arq's hard limit on one job.
+    an ERROR. `job_timeout_s` is arq's hard limit on one job. `startup_wait_s` is how long a
+    starting worker waits for an unreachable Redis before it gives up; once running, a worker
+    rides through outages of any length (see docs/operations.md). `heartbeat_s` is also the
+    period of the sweep that ends jobs nobody watches (`sweeper`).
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -41,6 +47,7 @@ class WorkerConfig:
     max_events: int = 100_000
     shutdown_grace_s: float = 10.0
     job_timeout_s: float = 3600.0
+    startup_wait_s: float = 30.0
     name: str = field(default_factory=_default_name)
 
     def __post_init__(self) -> None:
@@ -48,15 +55,12 @@ class WorkerConfig:
             validate_prefix(self.prefix)
         except ValueError as exc:
             raise WorkerConfigError(str(exc)) from None
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise WorkerConfigError(
-                f"redis_url must start with redis://, rediss:// or unix://; got {self.redis_url!r}"
-            )
+        _arq_settings(self._server())  # a URL arq cannot serve fails here, not at startup
         if self.concurrency < 1:
             raise WorkerConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_events < 2:
             raise WorkerConfigError(f"max_events must be >= 2, got {self.max_events}")
-        for name in ("retention_s", "lease_s", "heartbeat_s", "job_timeout_s"):
+        for name in ("retention_s", "lease_s", "heartbeat_s", "job_timeout_s", "startup_wait_s"):
             if not getattr(self, name) > 0:
                 raise WorkerConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.shutdown_grace_s < 0:
@@ -66,6 +70,35 @@ class WorkerConfig:
                 f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s "
                 f"({self.lease_s}) so the lease is refreshed well before it expires"
             )
+
+    def __repr__(self) -> str:
+        """Every field, with the passwords of `redis_url` masked."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["redis_url"] = redact_url(self.redis_url)
+        return f"WorkerConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    def _server(self) -> ServerSpec:
+        try:
+            return parse_url(self.redis_url)
+        except InvalidRequest as exc:  # its message names the URL with the passwords masked
+            raise WorkerConfigError(f"redis_url: {exc}") from None
+
+    def redis_settings(self) -> RedisSettings:
+        """arq's `RedisSettings` for `redis_url` (every form `streaming_rag.wire.parse_url`
+        accepts), whose `repr()` masks the password.
+
+        Standalone: host, port, database, username, password, ssl, or `unix_socket_path`.
+        Sentinel: ``sentinel=True``, `sentinel_master` (the service name), `host` (the list of
+        sentinel (host, port) pairs), database, username, password and ssl, which arq's
+        `create_pool` hands to redis-py's `Sentinel(...).master_for(...)`: the worker's pool
+        then asks the sentinels for the primary at every new connection and follows it
+        through a failover (a READONLY reply from a demoted primary becomes a
+        `ConnectionError`, and the next connection goes to the new primary). arq's
+        `create_pool` passes the sentinels nothing but their addresses (no password, no TLS,
+        no timeouts), so a URL with ``?sentinel_password=`` raises `WorkerConfigError` (also
+        from the constructor) rather than being dropped silently.
+        """
+        return _arq_settings(self._server())
 
     @property
     def lease_ms(self) -> int:
@@ -105,3 +138,37 @@ class WorkerConfig:
             if value is not None:
                 values[key] = value
         return cls(**values)  # type: ignore[arg-type]
+
+
+class _MaskedRedisSettings(RedisSettings):
+    """arq's `RedisSettings`, whose `repr()` (arq's prints every field) masks the password."""
+
+    def __repr__(self) -> str:
+        shown = {**self.__dict__, "password": None if self.password is None else "***"}
+        return "RedisSettings({})".format(", ".join(f"{k}={v!r}" for k, v in shown.items()))
+
+
+def _arq_settings(spec: ServerSpec) -> RedisSettings:
+    """`spec` as arq's settings; `WorkerConfigError` for what arq cannot pass on."""
+    common: dict[str, Any] = {
+        "database": spec.db,
+        "username": spec.username,
+        "password": spec.password,
+        "ssl": spec.tls,
+    }
+    if spec.kind == "sentinel":
+        if spec.sentinel_password is not None:
+            raise WorkerConfigError(
+                f"redis_url {str(spec)!r}: the worker cannot log in to password-protected "
+                "sentinels (arq's create_pool passes them no password); drop "
+                "?sentinel_password= and run the sentinels without requirepass"
+            )
+        return _MaskedRedisSettings(
+            host=list(spec.sentinels),
+            sentinel=True,
+            sentinel_master=spec.service_name or "",
+            **common,
+        )
+    if spec.path is not None:
+        return _MaskedRedisSettings(unix_socket_path=spec.path, **common)
+    return _MaskedRedisSettings(host=spec.host or "", port=spec.port or 0, **common)

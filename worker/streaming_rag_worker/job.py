@@ -32,7 +32,15 @@ from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_c
 from .config import WorkerConfig
 from .publisher import JobLost, Publisher
 
-__all__ = ["JOB_FUNCTION", "CANCELLED_MSG", "SHUTDOWN_MSG", "WorkerState", "run_query"]
+__all__ = [
+    "CANCELLED_MSG",
+    "JOB_FUNCTION",
+    "SHUTDOWN_MSG",
+    "WorkerState",
+    "end_invalid",
+    "run_query",
+    "run_record",
+]
 
 logger = logging.getLogger("streaming_rag.worker")
 
@@ -86,11 +94,13 @@ async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
     cfg = state.config
     while True:
         await asyncio.sleep(cfg.heartbeat_s)
-        call = heartbeat_call(keys, lease_ms=cfg.lease_ms, worker=cfg.name)
+        call = heartbeat_call(
+            keys, lease_ms=cfg.lease_ms, worker=cfg.name, retention_ms=cfg.retention_ms
+        )
         try:
             status = await state.heartbeat_script(keys=call.keys, args=call.args)
-        except Exception as exc:  # a blip: the next beat retries, the lease has slack
-            logger.warning("heartbeat for job %s failed: %s", keys.job_id, exc)
+        except Exception as exc:  # an outage: the next beat retries, the lease has slack
+            logger.debug("heartbeat for job %s failed: %s", keys.job_id, exc)
             continue
         status = status.decode() if isinstance(status, bytes) else status
         if status == "cancel":
@@ -126,24 +136,69 @@ async def _pump(state: WorkerState, keys: JobKeys, query: str, context: Any) -> 
     return encode_event(EventType.ERROR, {"msg": msg, "stage": "worker"}, 0.0), "failed"
 
 
-async def run_query(state: WorkerState, *, job_id: str, request: Any) -> str:
-    """Answer one query onto the job's stream (the body of the arq job `JOB_FUNCTION`).
-    Returns the job's final status."""
-    keys = JobKeys(state.config.prefix, job_id)
-    cfg = state.config
-    started = state.take_start_verdict(job_id)
+async def _start(state: WorkerState, keys: JobKeys) -> str:
+    """The job's START verdict: the one CLAIM left, or START run here (stock arq)."""
+    started = state.take_start_verdict(keys.job_id)
     if started is None:  # not claimed by StreamingWorker (stock arq runs it): START it here
+        cfg = state.config
         call = start_call(keys, lease_ms=cfg.lease_ms, worker=cfg.name)
-        started = await state.start_script(keys=call.keys, args=call.args)
-        started = started.decode() if isinstance(started, bytes) else started
+        verdict = await state.start_script(keys=call.keys, args=call.args)
+        started = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+    return started
+
+
+def _error(t0: float, stage: str, msg: str) -> bytes:
+    latency = round(time.perf_counter() - t0, 4)
+    return encode_event(EventType.ERROR, {"msg": msg, "stage": stage}, latency)
+
+
+async def end_invalid(state: WorkerState, keys: JobKeys, reason: str) -> str:
+    """End a job whose queue record cannot be run with one ERROR {"stage": "queue", "msg":
+    "invalid job payload: <reason>"} (starting it first if needed). Returns its status."""
+    logger.warning("job %s: invalid job payload (%s); ending it", keys.job_id, reason)
+    started = await _start(state, keys)
+    if started != "ok":
+        return started
+    error = _error(time.perf_counter(), "queue", f"invalid job payload: {reason}")
+    written = await state.publisher.finish(keys, error, "failed")
+    return "failed" if written else "lost"
+
+
+async def run_record(
+    state: WorkerState, arq_job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
+    """The arq job function `JOB_FUNCTION`, tolerant of any record: arguments that do not fit
+    (a client of another version, a hand-made record) end the job with a typed ERROR when its
+    id can be recovered from the arq job id, and are logged and dropped otherwise."""
+    keys = JobKeys.from_arq_job_id(state.config.prefix, arq_job_id)
+    extra = sorted(set(kwargs) - {"job_id", "request"})
+    problem = ""
+    if args:
+        problem = f"{len(args)} unexpected positional argument(s)"
+    elif extra:
+        problem = f"unexpected argument(s) {', '.join(extra)}: is the client newer than the worker?"
+    elif keys is None or kwargs.get("job_id") != keys.job_id:
+        problem = f"job_id {kwargs.get('job_id')!r} does not match the arq job id"
+    if not problem:
+        assert keys is not None
+        return await run_query(state, keys, kwargs.get("request"))
+    if keys is None:
+        logger.warning("dropped arq job %r: %s (not a job of this prefix)", arq_job_id, problem)
+        return "invalid"
+    return await end_invalid(state, keys, problem)
+
+
+async def run_query(state: WorkerState, keys: JobKeys, request: Any) -> str:
+    """Answer one query onto the job's stream. Returns the job's final status."""
+    job_id = keys.job_id
+    started = await _start(state, keys)
     if started != "ok":
         logger.info("job %s not started: it is %s", job_id, started)
-        return str(started)
+        return started
     t0 = time.perf_counter()
 
     def error(stage: str, msg: str) -> bytes:
-        latency = round(time.perf_counter() - t0, 4)
-        return encode_event(EventType.ERROR, {"msg": msg, "stage": stage}, latency)
+        return _error(t0, stage, msg)
 
     try:
         req = request_from_payload(request)

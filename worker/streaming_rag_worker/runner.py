@@ -14,7 +14,6 @@ import contextlib
 import logging
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import func
 
 from streaming_rag import StreamingRAG
@@ -23,8 +22,9 @@ from streaming_rag.wire.keys import cancel_channel, queue_name
 
 from .app import load_app
 from .config import WorkerConfig
-from .job import JOB_FUNCTION, WorkerState, run_query
+from .job import JOB_FUNCTION, WorkerState, run_record
 from .streaming_worker import StreamingWorker
+from .sweeper import sweep_forever
 
 __all__ = ["StreamingWorker", "WorkerRuntime", "build_worker", "worker_kwargs"]
 
@@ -68,7 +68,7 @@ class WorkerRuntime:
         self.config = config
         self._rag = rag
         self._state: WorkerState | None = None
-        self._listener: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def state(self) -> WorkerState:
@@ -84,7 +84,18 @@ class WorkerRuntime:
         state = WorkerState(config, app, ctx["redis"])  # arq's own pool, under arq's own key
         state.publisher.start()
         self._state = state
-        self._listener = asyncio.create_task(_listen_for_cancels(state))
+        sweep = sweep_forever(
+            state.redis,
+            prefix=config.prefix,
+            worker=config.name,
+            interval_s=config.heartbeat_s,
+            lease_ms=config.lease_ms,
+            retention_ms=config.retention_ms,
+        )
+        self._tasks = [
+            asyncio.create_task(_listen_for_cancels(state), name="streaming-rag-cancels"),
+            asyncio.create_task(sweep, name="streaming-rag-sweep"),
+        ]
         logger.info(
             "worker %s ready: prefix %r, queue %r, concurrency %d, app %s",
             config.name,
@@ -95,18 +106,22 @@ class WorkerRuntime:
         )
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
-        """arq's `on_shutdown`: stop the cancel listener, flush and stop the publisher."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
+        """arq's `on_shutdown`: stop the cancel listener and the sweep, flush and stop the
+        publisher."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(BaseException):
-                await listener
+                await task
         if self._state is not None:
             await self._state.publisher.aclose()
 
-    async def job(self, ctx: dict[str, Any], *, job_id: str, request: Any) -> str:
-        """The arq job function `JOB_FUNCTION`: answer one query; return its final status."""
-        return await run_query(self.state, job_id=job_id, request=request)
+    async def job(self, ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        """The arq job function `JOB_FUNCTION`: answer one query; return its final status.
+        Takes any arguments so that a record that does not fit ends its job with a typed
+        ERROR instead of failing inside arq (see `run_record`)."""
+        return await run_record(self.state, str(ctx["job_id"]), args, kwargs)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments for `arq.worker.Worker` implementing the config."""
@@ -114,7 +129,7 @@ class WorkerRuntime:
         return {
             "functions": [func(self.job, name=JOB_FUNCTION, max_tries=1)],
             "queue_name": queue_name(config.prefix),
-            "redis_settings": RedisSettings.from_dsn(config.redis_url),
+            "redis_settings": config.redis_settings(),
             "on_startup": self.startup,
             "on_shutdown": self.shutdown,
             "job_serializer": pack_job,

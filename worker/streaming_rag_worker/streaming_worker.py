@@ -22,11 +22,13 @@ from arq.connections import create_pool, log_redis_info
 from arq.jobs import deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Worker
-from redis.exceptions import RedisError
 
 from streaming_rag.wire.keys import JobKeys, wake_key
 from streaming_rag.wire.models import JOB_FUNCTION
 from streaming_rag.wire.scripts import CLAIM, claim_call
+
+from ._retry import Backoff, OutageLog, is_transient
+from .job import end_invalid
 
 if TYPE_CHECKING:
     from .runner import WorkerRuntime
@@ -52,19 +54,15 @@ class StreamingWorker(Worker):
         self.runtime = runtime
 
     async def main(self) -> None:
-        # arq's Worker.main, with the fixed-period poll replaced by `_wait_for_work`.
+        # arq's Worker.main, with the fixed-period poll replaced by `_wait_for_work`, and every
+        # Redis call path riding through outages.
         if self._pool is None:
-            self._pool = await create_pool(
-                self.redis_settings,
-                job_deserializer=self.job_deserializer,
-                job_serializer=self.job_serializer,
-                default_queue_name=self.queue_name,
-                expires_extra_ms=self.expires_extra_ms,
-            )
+            self._pool = await self._connect()
         logger.info(
             "starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions)
         )
-        await log_redis_info(self.pool, logger.info)
+        with contextlib.suppress(Exception):  # informative only
+            await log_redis_info(self.pool, logger.info)
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -74,29 +72,74 @@ class StreamingWorker(Worker):
         self._slot_freed = asyncio.Event()
         wake = wake_key(self.runtime.config.prefix)
         self._claim = self.pool.register_script(CLAIM)
-        loop = asyncio.get_running_loop()
+        backoff, outage = Backoff(), OutageLog(logger, "worker " + self.runtime.config.name)
         try:
             while True:
-                await self._poll_iteration()
-                if self.burst:
-                    if 0 <= self.max_burst_jobs <= self._jobs_started():
-                        await asyncio.gather(*self.tasks.values())
+                try:
+                    if await self._iteration(wake):
                         return
-                    if await self.pool.zcard(self.queue_name) == 0:
-                        await asyncio.gather(*self.tasks.values())
-                        return
-                # Between full polls: start each job as its wake-up token arrives.
-                next_poll = loop.time() + self.poll_delay_s
-                while (remaining := next_poll - loop.time()) > 0:
-                    job_id = await self._wait_for_work(wake, remaining)
-                    if job_id is None:
-                        break
-                    await self.start_jobs([job_id])
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    delay = backoff.next_delay()
+                    outage.down(exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                outage.up()
         finally:
             client, self._wake_client = self._wake_client, None
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
+
+    async def _connect(self) -> Any:
+        """arq's pool, waiting up to `startup_wait_s` for a server that is not up yet (a
+        wrong password or a bad database index fails at once)."""
+        cfg = self.runtime.config
+        assert self.redis_settings is not None  # WorkerRuntime.settings() always sets it
+        backoff = Backoff(cap_s=2.0, deadline_s=cfg.startup_wait_s)
+        outage = OutageLog(logger, "worker " + cfg.name + " starting")
+        while True:
+            try:
+                pool = await create_pool(
+                    self.redis_settings,
+                    retry=self.redis_settings.conn_retries,  # no retries of arq's: ours
+                    job_deserializer=self.job_deserializer,
+                    job_serializer=self.job_serializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
+            except Exception as exc:
+                if not is_transient(exc) or backoff.expired:
+                    raise
+                delay = backoff.next_delay()
+                outage.down(exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            outage.up()
+            return pool
+
+    async def _iteration(self, wake: str) -> bool:
+        """One full poll, then wake-up driven starts until the next poll is due. Returns
+        True when a burst worker is done."""
+        await self._poll_iteration()
+        if self.burst:
+            if 0 <= self.max_burst_jobs <= self._jobs_started():
+                await asyncio.gather(*self.tasks.values())
+                return True
+            if await self.pool.zcard(self.queue_name) == 0:
+                await asyncio.gather(*self.tasks.values())
+                return True
+        # Between full polls: start each job as its wake-up token arrives.
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time() + self.poll_delay_s
+        while (remaining := next_poll - loop.time()) > 0:
+            job_id = await self._wait_for_work(wake, remaining)
+            if job_id is None:
+                break
+            await self.start_jobs([job_id])
+        return False
 
     async def _wait_for_work(self, wake: str, timeout_s: float) -> bytes | None:
         """A job id from a submit's wake-up token; None after `timeout_s`, or as soon as a
@@ -111,12 +154,7 @@ class StreamingWorker(Worker):
                 async with asyncio.timeout(timeout_s):
                     await self._slot_freed.wait()
             return None
-        try:
-            popped = await self._wake_client.blpop([wake], timeout=max(timeout_s, 0.01))
-        except (OSError, RedisError) as exc:  # a blip: fall back to the timed poll
-            logger.warning("waiting for wake-ups failed (%s); polling instead", exc)
-            await asyncio.sleep(timeout_s)
-            return None
+        popped = await self._wake_client.blpop([wake], timeout=max(timeout_s, 0.01))
         return popped[1] if popped else None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -128,10 +166,13 @@ class StreamingWorker(Worker):
             return
         state = self.runtime.state
         cfg = state.config
+        ids = await self._readable_ids(job_ids[:free])
+        if not ids:
+            return
         call = claim_call(
             cfg.prefix,
             self.queue_name,
-            [j.decode() if isinstance(j, bytes) else j for j in job_ids[:free]],
+            ids,
             in_progress_ttl_ms=int(self.in_progress_timeout_s * 1000),
             now_ms=timestamp_ms(),
             lease_ms=cfg.lease_ms,
@@ -142,15 +183,49 @@ class StreamingWorker(Worker):
             job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else claimed[i]
             score = int(float(claimed[i + 1]))
             keys = JobKeys.from_arq_job_id(cfg.prefix, job_id)
+            verdict = claimed[i + 2].decode()
             if keys is not None:
-                state.claimed(keys.job_id, claimed[i + 2].decode())
+                state.claimed(keys.job_id, verdict)
             if claimed[i + 3] and int(claimed[i + 4]) == 1:
                 self._prefetched[job_id] = claimed[i + 3]
             await self.sem.acquire()  # never waits: at most `free` jobs were claimed
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
+            if keys is not None and verdict == "ok" and not claimed[i + 3]:
+                reason = "its arq record has expired or was deleted"
+                coro: Any = self._end_invalid(job_id, keys, reason)
+            else:
+                coro = self.run_job(job_id, score)
+            task = self.loop.create_task(coro)
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def _readable_ids(self, job_ids: list[bytes]) -> list[str]:
+        """The ids as text; a queue member that is not UTF-8 is not a job anybody can run:
+        it leaves the queue (logged), so it cannot stop the worker."""
+        ids: list[str] = []
+        for raw in job_ids:
+            try:
+                ids.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+            except UnicodeDecodeError:
+                logger.warning("dropped a queue member that is not UTF-8: %r", raw[:80])
+                await self.pool.zrem(self.queue_name, raw)
+        return ids
+
+    async def _end_invalid(self, job_id: str, keys: JobKeys, reason: str) -> None:
+        """End a claimed job whose record cannot be run, then clear arq's keys for it."""
+        try:
+            await end_invalid(self.runtime.state, keys, reason)
+        except Exception:
+            logger.exception("job %s: could not end it after an invalid record", keys.job_id)
+        await self._finish(job_id)
+
+    async def _finish(self, job_id: str) -> None:
+        """arq's bookkeeping for a job run here (in-progress marker, queue entry); never
+        raises: a job whose bookkeeping fails is cleaned up by the sweep."""
+        try:
+            await asyncio.shield(self.finish_job(job_id, True, None, None, False, None, None))
+        except Exception as exc:
+            logger.warning("job %s: arq bookkeeping failed (%s); the sweep ends it", job_id, exc)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -201,8 +276,11 @@ class StreamingWorker(Worker):
             name, args, kwargs, _, enqueue_ms = deserialize_job_raw(
                 record, deserializer=self.job_deserializer
             )
-        except Exception:
-            return await self._run_job_by_arq(job_id, score)  # arq reports it as it should
+        except Exception as exc:
+            keys = JobKeys.from_arq_job_id(self.runtime.config.prefix, job_id)
+            if keys is None:
+                return await self._run_job_by_arq(job_id, score)  # arq reports it
+            return await self._end_invalid(job_id, keys, f"cannot decode its record ({exc})")
         function = self.functions.get(name)
         if name != JOB_FUNCTION or function is None or hasattr(function, "next_run"):
             return await self._run_job_by_arq(job_id, score)
@@ -226,13 +304,15 @@ class StreamingWorker(Worker):
             self.jobs_complete += 1
         finally:
             del self.job_tasks[job_id]
-        await asyncio.shield(self.finish_job(job_id, True, None, None, False, None, None))
+        await self._finish(job_id)
 
     async def _run_job_by_arq(self, job_id: str, score: int) -> None:
         """arq's own `run_job`; then drop the START verdict CLAIM left for the job function
         (arq may fail the job before the function runs and takes it)."""
         try:
             await super().run_job(job_id, score)
+        except Exception as exc:  # e.g. its bookkeeping met an outage: the sweep ends it
+            logger.warning("job %s: arq could not run it (%s)", job_id, exc)
         finally:
             keys = JobKeys.from_arq_job_id(self.runtime.config.prefix, job_id)
             if keys is not None:
