@@ -14,6 +14,7 @@ BENCHMARKS = {
     "publish": ("bench.publish", "events/s one worker publishes, vs raw redis-py XADD"),
     "replay": ("bench.replay", "events/s reading a finished 10,000-event trace"),
     "memory": ("bench.memory", "Redis bytes per event / per job, worker RSS over 10,000 jobs"),
+    "outage": ("bench.outage", "a Redis restart / crash mid-answer: recovery time, events lost"),
     "all": ("bench.run_all", "every benchmark in sequence (--json: one document)"),
 }
 DEFAULT = "overhead"

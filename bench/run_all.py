@@ -20,7 +20,17 @@ from typing import Any
 from ._common import ROOT
 
 #: suite order; names not registered in `bench.__main__.BENCHMARKS` are skipped
-ORDER = ("overhead", "pickup", "peers", "ttft", "publish", "fanout", "replay", "memory")
+ORDER = (
+    "overhead",
+    "pickup",
+    "peers",
+    "ttft",
+    "publish",
+    "fanout",
+    "replay",
+    "memory",
+    "outage",
+)
 
 
 def names(only: list[str], skip: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ from streaming_rag import StreamingRAG
 from streaming_rag.wire import pack_job, unpack_job
 from streaming_rag.wire.keys import cancel_channel, queue_name
 
+from ._retry import Backoff, OutageLog
 from .app import load_app
 from .config import WorkerConfig
 from .job import JOB_FUNCTION, WorkerState, run_record
@@ -34,10 +35,13 @@ logger = logging.getLogger("streaming_rag.worker")
 async def _listen_for_cancels(state: WorkerState) -> None:
     """Cancel jobs of this process as their ids arrive on the prefix's cancel channel."""
     channel = cancel_channel(state.config.prefix)
+    backoff, outage = Backoff(), OutageLog(logger, "cancel listener")
     while True:
         pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(channel)
+            backoff.reset()
+            outage.up()
             async for message in pubsub.listen():
                 if message and message.get("type") == "message":
                     data = message["data"]
@@ -46,9 +50,10 @@ async def _listen_for_cancels(state: WorkerState) -> None:
                         logger.info("job %s cancelled on request", job_id)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # connection blip: heartbeats still see the cancel flag
-            logger.warning("cancel listener lost its connection (%s); reconnecting", exc)
-            await asyncio.sleep(1.0)
+        except Exception as exc:  # an outage: the heartbeats still see the cancel flag
+            delay = backoff.next_delay()
+            outage.down(exc, delay)
+            await asyncio.sleep(delay)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()

@@ -260,7 +260,10 @@ class StreamingWorker(Worker):
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.tasks.clear()
-        await self.pool.delete(self.health_check_key)
+        try:
+            await self.pool.delete(self.health_check_key)
+        except Exception as exc:  # stopping during an outage: the key expires by itself
+            logger.info("could not delete the health-check key while stopping (%s)", exc)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         await self.pool.aclose(close_connection_pool=True)
