@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,16 @@ from streaming_rag_worker import WorkerConfig, build_worker
 from streaming_rag_worker.runner import StreamingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def until(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
+    """Wait (bounded) for a server-side condition that no event announces: `await
+    predicate()` is polled every 20 ms; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

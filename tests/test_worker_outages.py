@@ -5,7 +5,6 @@ its tail is repaired; a job whose outage outlasts its lease ends once, as "Worke
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from streaming_rag.wire import JobKeys
 from streaming_rag.wire.ids import parse_entry_id
 from streaming_rag_cli.embedded import EmbeddedValkey
 from streaming_rag_client import StreamingRAGClient
-from tests.helpers_queue import running_worker
+from tests.helpers_queue import running_worker, until
 from tests.queue_apps import Backend
 
 WAIT_S = 30.0
@@ -48,15 +47,6 @@ def server(tmp_path: Any) -> Iterator[EmbeddedValkey]:
     """A server of this test's own, which the test may stop, crash and restart."""
     with EmbeddedValkey(appendonly=True, data_dir=tmp_path / "valkey") as srv:
         yield srv
-
-
-async def until(predicate: Any, what: str, timeout_s: float = WAIT_S) -> None:
-    """Wait (bounded) for a condition that no event announces: a server-side state."""
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def status_of(url: str, keys: JobKeys) -> str | None:

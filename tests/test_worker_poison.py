@@ -4,8 +4,6 @@ And nothing lingers: a live worker's sweep ends jobs nobody watches."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import msgpack
@@ -17,19 +15,10 @@ from streaming_rag.wire.keys import index_key
 from streaming_rag.wire.models import JOB_FUNCTION
 from streaming_rag.wire.scripts import START, start_call
 from streaming_rag_client import JobStatus, StreamingRAGClient
-from tests.helpers_queue import running_worker
+from tests.helpers_queue import running_worker, until
 from tests.queue_apps import make_rag
 
 WAIT_S = 30.0
-
-
-async def until(predicate: Any, what: str, timeout_s: float = WAIT_S) -> None:
-    """Wait (bounded) for a server-side condition no event announces."""
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def poison(client: StreamingRAGClient, r: Any, prefix: str, record: bytes) -> str:

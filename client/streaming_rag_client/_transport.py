@@ -35,7 +35,7 @@ import redis.asyncio
 
 from streaming_rag.exceptions import InvalidRequest, ServerUnavailable
 from streaming_rag.wire import JobKeys, redact_url
-from streaming_rag.wire.backoff import Backoff
+from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
 from streaming_rag.wire.scripts import CANCEL, CHECK, SUBMIT, cancel_call, check_call
 
 from ._core import SubmitPlan, text
@@ -57,9 +57,6 @@ DEFAULT_RECONNECT_S = 30.0
 #: a server loading its AOF after a restart, included) and TimeoutError, and the OSErrors
 #: (ConnectionResetError, BrokenPipeError, ...) that can escape it on a reset.
 RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-#: Error replies a server gives while it changes role or state (the command did not run):
-#: retried like a lost connection (the worker's `_retry.TRANSIENT_REPLIES` too).
-TRANSIENT_REPLIES = ("UNBLOCKED", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 #: The same replies as redis-py raises them (it strips the code from these messages).
 _TRANSIENT_ERRORS = (
     redis.exceptions.ReadOnlyError,

@@ -7,7 +7,12 @@ import random
 import time
 from collections.abc import Callable
 
-__all__ = ["Backoff"]
+__all__ = ["TRANSIENT_REPLIES", "Backoff"]
+
+#: Error replies a server gives while it restarts or changes role (the command did not run):
+#: retried like a lost connection by the worker and the client. ``UNBLOCKED`` answers a
+#: blocked read of a primary being demoted.
+TRANSIENT_REPLIES = ("UNBLOCKED", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 class Backoff:

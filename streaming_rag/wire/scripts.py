@@ -23,8 +23,8 @@ script declares every key it touches in KEYS, so a Redis Cluster can route it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from ._lua import _END, _ID_LT, _NOW, Arg, ScriptCall
 from .keys import (
     ARQ_IN_PROGRESS_KEY_PREFIX,
     ARQ_JOB_KEY_PREFIX,
@@ -50,42 +50,6 @@ __all__ = [
     "start_call",
     "submit_call",
 ]
-
-Arg = str | int | float | bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """The KEYS and ARGV of one script call, ready for ``EVALSHA sha len(keys) *keys *args``
-    (or redis-py's ``script(keys=..., args=...)``)."""
-
-    keys: list[str]
-    args: list[Arg]
-
-
-_NOW = """
-local _t = redis.call('TIME')
-local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
-"""
-
-_END = """
-local function finish(meta, events, status, retention, fields)
-  redis.call('HSET', meta, 'status', status, 'finished_ms', now)
-  if fields then redis.call('HSET', meta, unpack(fields)) end
-  redis.call('PERSIST', meta)
-  redis.call('PEXPIRE', meta, retention)
-  redis.call('PEXPIRE', events, retention)
-end
-local function error_event(stage, msg, latency)
-  return cmsgpack.pack({v = 1, t = 'error', d = {msg = msg, stage = stage}, l = latency})
-end
-local function declare_lost(meta, events, retention)
-  local started = tonumber(redis.call('HGET', meta, 'started_ms') or now)
-  local latency = math.floor((now - started) / 10 + 0.5) / 100
-  redis.call('XADD', events, '*', 'e', error_event('worker', 'Worker lost', latency))
-  finish(meta, events, 'failed', retention)
-end
-"""
 
 #: KEYS meta, events, arq_job, queue, wake, index; ARGV arq_job_id, job_bytes, score_ms,
 #: start_timeout_ms, record_ttl_ms, nonce, job_id. Writes the same arq records as arq's
@@ -152,15 +116,6 @@ def start_call(keys: JobKeys, *, lease_ms: int, worker: str) -> ScriptCall:
     """START the job on `worker`, taking a lease of `lease_ms`."""
     return ScriptCall([keys.meta, keys.lease], [lease_ms, worker])
 
-
-_ID_LT = """
-local function id_lt(a, b)
-  local am, as = string.match(a, '^(%d+)%-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as < bs)
-end
-"""
 
 #: KEYS events, meta, lease; ARGV lease_ms, final_status ('' unless the batch ends the job),
 #: retention_ms, expected_top, then (entry_id, event) pairs. The worker decides every entry id

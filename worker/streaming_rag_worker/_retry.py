@@ -18,7 +18,7 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-from streaming_rag.wire.backoff import Backoff
+from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
 
 __all__ = ["TRANSIENT_REPLIES", "Backoff", "OutageLog", "is_transient"]
 
@@ -32,10 +32,6 @@ _TRANSIENT = (
     TimeoutError,
     OSError,
 )
-
-
-#: Error replies a server gives while it changes role or state: retrying heals them.
-TRANSIENT_REPLIES = ("UNBLOCKED", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def is_transient(exc: BaseException) -> bool:
