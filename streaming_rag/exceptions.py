@@ -25,7 +25,11 @@ Tree::
     │   └── WorkerConfigError(ValueError)
     │                                 a worker setting or app (`--app module:factory`) that
     │                                 cannot work; the message names it
-    └── CLIError                      a problem the `streaming-rag` command reports in one line
+    ├── CLIError                      a problem the `streaming-rag` command reports in one line
+    └── AccessDenied                  the HTTP bridge refused a request (`authorize=`, links)
+        ├── Unauthorized              no valid credentials were presented: HTTP 401
+        └── Forbidden(PermissionError)
+                                      credentials that do not grant this: HTTP 403
 
 Failures *inside* a stream (retrieval or generation raising or timing out) are not raised:
 they become an `ERROR` event, as the spec requires. Exceptions raised by the caller's own
@@ -36,11 +40,13 @@ pydantic, arq) are translated into these at the boundary that calls the foreign 
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "BackendError",
     "CLIError",
     "ConfigError",
     "DuplicateJob",
     "EventDecodeError",
+    "Forbidden",
     "InvalidRequest",
     "JobNotFound",
     "LLMError",
@@ -48,6 +54,7 @@ __all__ = [
     "QueueError",
     "ServerUnavailable",
     "StreamingRAGError",
+    "Unauthorized",
     "WorkerConfigError",
 ]
 
@@ -139,3 +146,17 @@ class WorkerConfigError(QueueError, ValueError):
 
 class CLIError(StreamingRAGError):
     """A problem the `streaming-rag` command reports in one line (exit code 2)."""
+
+
+class AccessDenied(StreamingRAGError):
+    """The HTTP bridge (`streaming_rag_client.web`) refused a request. Raise a subclass from
+    your `authorize` callback; the message becomes the response's `{"detail": ...}`, so it
+    must not quote a credential."""
+
+
+class Unauthorized(AccessDenied):
+    """No valid credentials were presented (none, or unreadable): HTTP 401."""
+
+
+class Forbidden(AccessDenied, PermissionError):
+    """Credentials were presented but do not grant this action on this job: HTTP 403."""

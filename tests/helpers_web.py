@@ -87,19 +87,21 @@ async def web_stack(
     *,
     keepalive_s: float = 15.0,
     pipeline: StreamingRAG | None = None,
+    **bridge: Any,
 ) -> AsyncIterator[Stack]:
-    """Worker serving `pipeline` (default `make_rag(llm)`) + the bridge mounted at MOUNT in a
-    parent app (as in FastAPI) served by uvicorn + an httpx client."""
+    """Worker serving `pipeline` (default `make_rag(llm)`) + the bridge (`create_app(rag,
+    keepalive_s=..., **bridge)`) mounted at MOUNT in a parent app (as in FastAPI) served by
+    uvicorn + an httpx client."""
     rag = StreamingRAGClient(redis_url, prefix=prefix, poll_interval_s=0.1)
     try:
-        bridge = create_app(rag, keepalive_s=keepalive_s)
-        root = Starlette(routes=[Mount(MOUNT, app=bridge, name="rag")])
+        bridge_app = create_app(rag, keepalive_s=keepalive_s, **bridge)
+        root = Starlette(routes=[Mount(MOUNT, app=bridge_app, name="rag")])
         async with (
             running_worker(redis_url, prefix, pipeline or make_rag(llm)),
             serving(root) as origin,
             httpx.AsyncClient(base_url=origin + MOUNT, timeout=WAIT_S) as http,
         ):
-            yield Stack(origin, http, bridge, rag)
+            yield Stack(origin, http, bridge_app, rag)
     finally:
         await rag.aclose()
 

@@ -22,6 +22,7 @@ READERS += [
     ROOT / "worker" / "streaming_rag_worker" / name
     for name in ("config.py", "demo_app.py", "llm_app.py")
 ]
+READERS += sorted((ROOT / "client" / "streaming_rag_client").glob("*.py"))  # the web app
 
 
 @pytest.fixture(scope="module")

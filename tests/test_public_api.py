@@ -75,11 +75,13 @@ def test_library_does_not_import_redis_or_queue_packages() -> None:
 
 # -- every public package and module: its `__all__`, pinned ---------------------------------------
 EXCEPTIONS = {
+    "AccessDenied",
     "BackendError",
     "CLIError",
     "ConfigError",
     "DuplicateJob",
     "EventDecodeError",
+    "Forbidden",
     "InvalidRequest",
     "JobNotFound",
     "LLMError",
@@ -87,6 +89,7 @@ EXCEPTIONS = {
     "QueueError",
     "ServerUnavailable",
     "StreamingRAGError",
+    "Unauthorized",
     "WorkerConfigError",
 }
 
@@ -137,7 +140,15 @@ EXPORTS: dict[str, set[str]] = {
         "ServerUnavailable",
         "StreamingRAGClient",
     },
-    "streaming_rag_client.web": {"MAX_BODY_BYTES", "EventStreamResponse", "create_app"},
+    "streaming_rag_client.web": {
+        "MAX_BODY_BYTES",
+        "SECRET_ENV",
+        "EventStreamResponse",
+        "Forbidden",
+        "Unauthorized",
+        "create_app",
+        "end_streams",
+    },
     "streaming_rag_cli": {
         "CLIError",
         "DEFAULT_REDIS_URL",
@@ -231,6 +242,9 @@ def test_exception_tree() -> None:
         "ServerUnavailable": (exc.QueueError, ConnectionError),
         "WorkerConfigError": (exc.QueueError, ValueError),
         "CLIError": (exc.StreamingRAGError,),
+        "AccessDenied": (exc.StreamingRAGError,),
+        "Unauthorized": (exc.AccessDenied,),
+        "Forbidden": (exc.AccessDenied, PermissionError),
     }
     assert set(parents) == EXCEPTIONS
     for name, bases in parents.items():

@@ -57,8 +57,10 @@ async def test_submit_and_stream_every_event_to_the_end(redis_url, key_prefix):
         assert response.status_code == 202
         body = response.json()
         job_id = body["job_id"]
-        assert set(body) == {"job_id", "events_url"}
+        assert set(body) == {"job_id", "events_url", "status_url", "cancel_url", "watch_url"}
         assert body["events_url"] == f"{MOUNT}/answers/{job_id}/events"  # mount point kept
+        assert body["status_url"] == body["cancel_url"] == f"{MOUNT}/answers/{job_id}"
+        assert body["watch_url"] == f"{MOUNT}/?job={job_id}"  # no secret: no tokens
         assert response.headers["location"] == f"{MOUNT}/answers/{job_id}"
         async with stack.http.stream("GET", stack.url(body["events_url"])) as stream:
             assert stream.status_code == 200

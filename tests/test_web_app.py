@@ -64,12 +64,12 @@ async def test_invalid_requests_are_422_with_the_clients_message(
         (b"", "request body must be JSON: "),
         (b'["What is RAG?"]', "request body must be a JSON object like "),
         (b'{"query": "ok", "job_id": "mine"}', "unknown fields ['job_id']: expected query"),
-        (b'{"query": "' + b"x" * (1 << 20) + b'"}', "request body is over 1048576 bytes"),
     ],
 )
 async def test_malformed_bodies_are_422(redis_url, key_prefix, content, detail):
     async with web_stack(redis_url, key_prefix) as stack:
-        response = await stack.http.post("/answers", content=content)
+        headers = {"content-type": "application/json"}
+        response = await stack.http.post("/answers", content=content, headers=headers)
         assert response.status_code == 422
         assert response.json()["detail"].startswith(detail)
         await assert_nothing_queued(redis_url, key_prefix)

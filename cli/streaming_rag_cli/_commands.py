@@ -20,7 +20,15 @@ from streaming_rag import StreamEvent
 from streaming_rag.exceptions import CLIError
 
 from ._printing import EventPrinter
-from ._settings import FOLDER_APP, LLM_APP, LLM_ENV, prefix, redis_url, setup_logging
+from ._settings import (
+    FOLDER_APP,
+    LLM_APP,
+    LLM_ENV,
+    SECRET_ENV,
+    prefix,
+    redis_url,
+    setup_logging,
+)
 
 __all__ = [
     "WEB_APP",
@@ -35,7 +43,8 @@ __all__ = [
     "worker_app",
 ]
 
-#: The ASGI app factory `streaming-rag serve` runs (it reads REDIS_URL, STREAMING_RAG_PREFIX).
+#: The ASGI app factory `streaming-rag serve` runs (it reads REDIS_URL, STREAMING_RAG_PREFIX,
+#: STREAMING_RAG_SECRET).
 WEB_APP = "streaming_rag_client.web:create_app"
 WEB_EXTRA_HINT = 'pip install -e ".[web]" from a clone of streaming-rag'
 
@@ -119,18 +128,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # shutdown: exit 0
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn: Any = importlib.import_module("uvicorn")
-        module_name = WEB_APP.partition(":")[0]
-        importlib.import_module(module_name)  # fail here, in one line, rather than in uvicorn
+        importlib.import_module("uvicorn")
+        importlib.import_module(WEB_APP.partition(":")[0])  # fail here, in one line
     except ImportError as exc:
         raise CLIError(f"cannot load the web server ({exc}): {WEB_EXTRA_HINT}") from None
+    from ._serve import run
+
+    setup_logging(args.verbose)
     os.environ.update(serve_env(args))
-    uvicorn.run(
-        WEB_APP,
-        factory=True,
-        host=args.host,
-        port=args.port,
+    run(
+        args.host,
+        args.port,
         log_level="debug" if args.verbose else "info",
+        secret_set=bool(os.environ.get(SECRET_ENV)),
     )
     return 0
 

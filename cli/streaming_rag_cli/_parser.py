@@ -189,8 +189,11 @@ def _add_serve(sub: Any) -> None:
         help="serve the web page and HTTP API that stream answers (needs the web extra)",
         description="Run the web app streaming_rag_client.web:create_app under uvicorn: submit "
         'questions and follow answers over HTTP. Needs the web extra: `pip install -e ".[web]"` '
-        "from a clone. "
-        "SIGTERM or Ctrl-C: graceful stop.",
+        "from a clone. Set STREAMING_RAG_SECRET to require the signed per-job links POST "
+        "/answers returns for watching and cancelling (without it anyone who reaches the server "
+        "may; a warning says so when --host is not a loopback address). "
+        "SIGTERM or Ctrl-C: graceful stop; open event streams end at once, asking browsers to "
+        "reconnect elsewhere.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(

@@ -18,6 +18,7 @@ __all__ = [
     "FOLDER_APP",
     "LLM_APP",
     "LLM_ENV",
+    "SECRET_ENV",
     "URL_FORMS",
     "prefix",
     "redis_url",
@@ -34,6 +35,9 @@ LLM_ENV = {
     "llm_model": "STREAMING_RAG_LLM_MODEL",
     "llm_api_key": "STREAMING_RAG_LLM_API_KEY",
 }
+
+#: The web app's secret for signed capability links (`streaming_rag_client.web`).
+SECRET_ENV = "STREAMING_RAG_SECRET"
 
 #: The server URL forms every subcommand accepts (`streaming_rag.wire.parse_url`).
 URL_FORMS = (
@@ -54,6 +58,8 @@ ENV_VARS = {
     "STREAMING_RAG_LLM_BASE_URL": f"{LLM_APP}: OpenAI-compatible API base URL",
     "STREAMING_RAG_LLM_MODEL": f"{LLM_APP}: model name",
     "STREAMING_RAG_LLM_API_KEY": f"{LLM_APP}: API key",
+    SECRET_ENV: "serve: secret (16+ bytes) signing the per-job links POST /answers returns; "
+    "watching and cancelling then need them (unset: anyone reaching the server may)",
 }
 
 

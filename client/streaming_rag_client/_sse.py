@@ -15,6 +15,11 @@ client rides through a Redis outage). A stream whose client gave up on Redis
 (`ServerUnavailable`, after its `reconnect_s`) ends cleanly with the comment
 `: server unavailable; ...` (`UNAVAILABLE`), and a browser's `EventSource` reconnects by itself
 with `Last-Event-ID`, resuming after the last event it got.
+
+Every stream starts with `retry: <ms>` (`RETRY_MS`: how long an `EventSource` waits before it
+reconnects). When the server shuts down (the `stopping` event is set), an open stream ends at
+once with the comment `SHUTTING_DOWN`, so the browser reconnects, with `Last-Event-ID`, to
+another instance.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from streaming_rag.exceptions import InvalidRequest, JobNotFound, ServerUnavaila
 
 __all__ = [
     "KEEPALIVE",
+    "RETRY_MS",
+    "SHUTTING_DOWN",
     "UNAVAILABLE",
     "OpenStreams",
     "event_stream",
@@ -39,6 +46,10 @@ __all__ = [
 KEEPALIVE = b": keep-alive\n\n"
 #: The last bytes of a stream whose Redis stayed unreachable for the client's `reconnect_s`.
 UNAVAILABLE = b": server unavailable; reconnect with Last-Event-ID to resume\n\n"
+#: The last bytes of a stream open while the server shuts down.
+SHUTTING_DOWN = b": server shutting down; reconnect with Last-Event-ID\n\n"
+#: Milliseconds a browser waits before reconnecting (the `retry:` field every stream starts with).
+RETRY_MS = 3000
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
@@ -109,21 +120,35 @@ async def _next(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
 
 
 async def event_stream(
-    events: AsyncGenerator[StreamEvent, None], keepalive_s: float, streams: OpenStreams
+    events: AsyncGenerator[StreamEvent, None],
+    keepalive_s: float,
+    streams: OpenStreams,
+    *,
+    stopping: asyncio.Event | None = None,
+    retry_ms: int = RETRY_MS,
 ) -> AsyncGenerator[bytes, None]:
-    """SSE bytes for `events`, with a keep-alive comment whenever `keepalive_s` pass without an
-    event. The pending read is never cancelled by a keep-alive (only by closing this
-    generator, e.g. when the HTTP client disconnects), and closing this generator closes
-    `events`, so no reader outlives the response. A job that vanishes mid-stream (expired)
-    just ends the stream; one whose Redis stays unreachable ends it after `UNAVAILABLE`."""
+    """SSE bytes for `events`: first `retry: <retry_ms>`, then one message per event, with a
+    keep-alive comment whenever `keepalive_s` pass without an event, and `SHUTTING_DOWN` (then
+    the end) as soon as `stopping` is set. The pending read is never cancelled by a keep-alive
+    (only by closing this generator, e.g. when the HTTP client disconnects), and closing this
+    generator closes `events`, so no reader outlives the response. A job that vanishes
+    mid-stream (expired) just ends the stream; one whose Redis stays unreachable ends it after
+    `UNAVAILABLE`."""
     streams.opened()
     pending: asyncio.Task[StreamEvent | None] | None = None
+    stop = asyncio.create_task((stopping or asyncio.Event()).wait())
     try:
+        yield f"retry: {retry_ms}\n\n".encode()
         while True:
             if pending is None:
                 pending = asyncio.create_task(_next(events))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
-            if not done:
+            await asyncio.wait(
+                {pending, stop}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not pending.done():
+                if stop.done():
+                    yield SHUTTING_DOWN
+                    return
                 yield KEEPALIVE
                 continue
             task, pending = pending, None
@@ -136,6 +161,7 @@ async def event_stream(
                 return
             yield format_event(event)
     finally:
+        stop.cancel()
         try:
             if pending is not None:
                 pending.cancel()

@@ -3,12 +3,18 @@ FastAPI with `app.mount("/rag", create_app())`.
 
 Routes (relative to where the app is mounted):
 
-- `POST /answers` `{"query": str, "context"?: object}` → 202 `{"job_id", "events_url"}`
-  (and `Location:` the status URL); invalid requests → 422 `{"detail": <the client's message>}`.
+- `POST /answers` `{"query": str, "context"?: object}` (`Content-Type: application/json`) →
+  202 `{"job_id", "events_url", "status_url", "cancel_url", "watch_url"}` (and `Location:` the
+  status URL); invalid requests → 422 `{"detail": <the client's message>}`, a body of another
+  type 415, one over `max_body_bytes` 413, past `submit_rate` 429 (`_limits`). With a secret
+  the URLs carry capability tokens, and the body adds `watch_token`, `cancel_token` and
+  `expires_at` (`_auth`).
 - `GET /answers/{job_id}/events` → `text/event-stream`, one message per event (framing and
   the `data:` JSON in `streaming_rag_client._sse`); resumes after `Last-Event-ID` or
-  `?after=<entry id>`; `: keep-alive` comments every `keepalive_s` while waiting; ends after
-  the terminal event.
+  `?after=<entry id>` (204 when that is at or past the job's terminal event, so an
+  `EventSource` stops); starts with `retry: <ms>`; `: keep-alive` comments every `keepalive_s`
+  while waiting; ends after the terminal event, or with `: server shutting down; ...` when the
+  server shuts down (`end_streams`).
 - `GET /answers/{job_id}` → `{"job_id", "status"}`, plus `"answer"` (the chunks joined) once
   the job has ended (done, failed, cancelled) and `"error"` (the ERROR event's data) if any.
 - `DELETE /answers/{job_id}` → `{"cancelled": bool}` (false: it had already ended).
@@ -16,117 +22,78 @@ Routes (relative to where the app is mounted):
   watches an existing job).
 
 Unknown jobs → 404, an unreachable Redis (for longer than the client's `reconnect_s`) → 503,
-each as `{"detail": message}`.
+no valid credentials → 401, refused → 403 (`authorize=`, capability tokens), each as
+`{"detail": message}`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-import json
+import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from streaming_rag import EventType
-from streaming_rag.exceptions import InvalidRequest, JobNotFound, QueueError, ServerUnavailable
+from streaming_rag.exceptions import Forbidden, InvalidRequest, JobNotFound, Unauthorized
 from streaming_rag.wire import DEFAULT_PREFIX, validate_job_id
 
+from ._auth import SECRET_ENV, Action, Authorize, Capabilities, Gate, secret_from_env
 from ._client import StreamingRAGClient
 from ._core import JobStatus
-from ._sse import OpenStreams, event_stream, resume_cursor
+from ._http import EventStreamResponse, exception_handlers
+from ._limits import MAX_BODY_BYTES, RateLimit, json_body
+from ._sse import RETRY_MS, OpenStreams, event_stream, resume_cursor
 
-__all__ = ["MAX_BODY_BYTES", "EventStreamResponse", "create_app"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "SECRET_ENV",
+    "EventStreamResponse",
+    "Forbidden",
+    "Unauthorized",
+    "create_app",
+    "end_streams",
+]
 
-#: The largest `POST /answers` body read (a 32,000-character query fits many times over).
-MAX_BODY_BYTES = 1 << 20
 PREFIX_ENV = "STREAMING_RAG_PREFIX"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+logger = logging.getLogger(__name__)
 _ENDED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class EventStreamResponse(Response):
-    """A `text/event-stream` response that always watches for the client's disconnect (on any
-    ASGI server) and then closes its body generator at once, so no reader outlives it."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
-        self.chunks = chunks
-        self.status_code = 200
-        self.background = None
-        self.init_headers(SSE_HEADERS)
-
-    async def _stream(self, send: Send) -> None:
-        async with aclosing(self.chunks) as chunks:
-            start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-            await send(start)
-            async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def until_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        stream = asyncio.create_task(self._stream(send))
-        listen = asyncio.create_task(until_disconnect())
-        try:
-            await asyncio.wait({stream, listen}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (stream, listen):
-                task.cancel()
-            await asyncio.wait({stream, listen})
-        if not listen.cancelled():
-            listen.exception()  # retrieved: a listener error means the client is gone
-        exc = None if stream.cancelled() else stream.exception()
-        if exc is not None and not isinstance(exc, OSError):  # OSError: client gone mid-write
-            raise exc
-
-
-def _detail(status: int, exc: BaseException | str) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=status)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, or `InvalidRequest` saying what is wrong with it."""
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidRequest(f"request body is over {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body must be JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest(
-            'request body must be a JSON object like {"query": "...", "context": {...}}, '
-            f"got {type(data).__name__}"
-        )
-    unknown = sorted(set(data) - {"query", "context"})
-    if unknown:
-        raise InvalidRequest(f"unknown fields {unknown}: expected query and optional context")
-    return data
-
-
 class _Bridge:
-    """The route handlers, sharing one client."""
+    """The route handlers, sharing one client, one access gate and one shutdown signal."""
 
-    def __init__(self, rag: StreamingRAGClient, keepalive_s: float, router: Starlette) -> None:
+    def __init__(
+        self,
+        rag: StreamingRAGClient,
+        router: Starlette,
+        *,
+        keepalive_s: float,
+        gate: Gate,
+        rate: RateLimit | None,
+        max_body_bytes: int,
+        retry_ms: int,
+    ) -> None:
         self.rag = rag
         self.keepalive_s = keepalive_s
         self.router = router
+        self.gate = gate
+        self.rate = rate
+        self.max_body_bytes = max_body_bytes
+        self.retry_ms = retry_ms
         self.streams = OpenStreams()
+        self.stopping = asyncio.Event()
         page = (
             files("streaming_rag_client").joinpath("static/index.html").read_text(encoding="utf-8")
         )
@@ -137,36 +104,81 @@ class _Bridge:
         root = str(request.scope.get("root_path", "")).rstrip("/")
         return root + str(self.router.url_path_for(name, **params))
 
-    def job_id(self, request: Request) -> str:
+    async def job_id(self, request: Request, action: Action) -> str:
+        """The route's job id, once the gate allows `action` on it (an id no job can have:
+        `JobNotFound`)."""
         job_id = str(request.path_params["job_id"])
         try:
-            return validate_job_id(job_id)
+            validate_job_id(job_id)
         except InvalidRequest:  # no job can have this id
             raise JobNotFound(job_id, self.rag.prefix) from None
+        await self.gate.check(request, action, job_id)
+        return job_id
+
+    def links(self, request: Request, job_id: str) -> dict[str, Any]:
+        """The job's URLs (with capability tokens when a secret is set), as `POST /answers`
+        returns them."""
+        caps = self.gate.capabilities
+        watch = cancel = ""
+        body: dict[str, Any] = {}
+        if caps is not None:
+            watch, expires_at = caps.mint(job_id, "watch")
+            cancel, _ = caps.mint(job_id, "cancel")
+            body.update(watch_token=watch, cancel_token=cancel, expires_at=expires_at)
+
+        def link(name: str, token: str, **params: str) -> str:
+            query = urlencode({"token": token}) if token else ""
+            return self.url(request, name, **params) + ("?" + query if query else "")
+
+        page = {"job": job_id, **({"token": watch} if watch else {})}
+        return {
+            "events_url": link("events", watch, job_id=job_id),
+            "status_url": link("answer", watch, job_id=job_id),
+            "cancel_url": link("cancel", cancel, job_id=job_id),
+            "watch_url": self.url(request, "index") + "?" + urlencode(page),
+            **body,
+        }
+
+    async def ended_by(self, job_id: str, after: str) -> bool:
+        """Whether the ended job `job_id` has no event after entry `after`."""
+        last = None
+        async with aclosing(self.rag.aevents(job_id)) as events:
+            async for event in events:
+                last = event.id
+        return last is None or _entry_key(after) >= _entry_key(last)
 
     async def index(self, request: Request) -> Response:
         answers = html.escape(self.url(request, "submit"), quote=True)
         return HTMLResponse(self.page.replace("{{ANSWERS_URL}}", answers))
 
     async def submit(self, request: Request) -> Response:
-        data = await _json_body(request)
+        await self.gate.check(request, "submit", None)
+        if self.rate is not None:
+            self.rate.take(request.client.host if request.client else "unknown")
+        data = await json_body(request, max_body_bytes=self.max_body_bytes)
         query: Any = data.get("query")  # validated by the client: its message, its rules
         job_id = await self.rag.asubmit(query, data.get("context"))
-        body = {"job_id": job_id, "events_url": self.url(request, "events", job_id=job_id)}
-        location = self.url(request, "answer", job_id=job_id)
-        return JSONResponse(body, status_code=202, headers={"Location": location})
+        body = {"job_id": job_id, **self.links(request, job_id)}
+        headers = {"Location": body["status_url"]}
+        return JSONResponse(body, status_code=202, headers=headers)
 
     async def events(self, request: Request) -> Response:
-        job_id = self.job_id(request)
+        job_id = await self.job_id(request, "watch")
         headers, query = request.headers, request.query_params
         after = resume_cursor(headers.get("last-event-id"), query.get("after"))
-        if await self.rag.astatus(job_id) is JobStatus.NOT_FOUND:
+        status = await self.rag.astatus(job_id)
+        if status is JobStatus.NOT_FOUND:
             raise JobNotFound(job_id, self.rag.prefix)
+        if after is not None and status in _ENDED and await self.ended_by(job_id, after):
+            return Response(status_code=204)  # nothing left: an EventSource stops here
         events = self.rag.aevents(job_id, after=after)
-        return EventStreamResponse(event_stream(events, self.keepalive_s, self.streams))
+        stream = event_stream(
+            events, self.keepalive_s, self.streams, stopping=self.stopping, retry_ms=self.retry_ms
+        )
+        return EventStreamResponse(stream)
 
     async def answer(self, request: Request) -> Response:
-        job_id = self.job_id(request)
+        job_id = await self.job_id(request, "status")
         status = await self.rag.astatus(job_id)
         if status is JobStatus.NOT_FOUND:
             raise JobNotFound(job_id, self.rag.prefix)
@@ -183,23 +195,21 @@ class _Bridge:
         return JSONResponse(body)
 
     async def cancel(self, request: Request) -> Response:
-        return JSONResponse({"cancelled": await self.rag.acancel(self.job_id(request))})
+        job_id = await self.job_id(request, "cancel")
+        return JSONResponse({"cancelled": await self.rag.acancel(job_id)})
 
 
-async def _invalid(request: Request, exc: Exception) -> Response:
-    return _detail(422, exc)
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return _detail(404, exc)
-
-
-async def _unavailable(request: Request, exc: Exception) -> Response:
-    return _detail(503, exc)
-
-
-async def _queue_error(request: Request, exc: Exception) -> Response:
-    return _detail(500, exc)
+def end_streams(app: Starlette) -> None:
+    """End every open event stream of `app` (a `create_app` app) now, each with the comment
+    `: server shutting down; reconnect with Last-Event-ID`, and every stream opened later at
+    once; call it when your server begins a graceful shutdown (`streaming-rag serve` does; the
+    app's own lifespan does at shutdown, which uvicorn runs only after open responses end)."""
+    app.state.stopping.set()
 
 
 def create_app(
@@ -209,6 +219,13 @@ def create_app(
     prefix: str | None = None,
     start_timeout: float | None = None,
     keepalive_s: float = 15.0,
+    authorize: Authorize | None = None,
+    secret: str | bytes | None = None,
+    token_ttl_s: float | None = None,
+    cors_origins: Sequence[str] | None = None,
+    submit_rate: tuple[int, float] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    retry_ms: int = RETRY_MS,
     **client_kwargs: Any,
 ) -> Starlette:
     """The bridge as a Starlette app over `client`, or over a client it creates (and closes on
@@ -220,10 +237,35 @@ def create_app(
     outage: requests then answer 503, and event streams end with the `: server unavailable`
     comment (keep-alives flow meanwhile).
 
+    Security (see docs/api.md): `authorize(request, action, job_id)` (sync or async; action
+    `submit`, `watch`, `status` or `cancel`; job_id None for submit) returns True to allow,
+    False to refuse (403), or raises `Unauthorized` (401) / `Forbidden` (403). `secret` (default
+    `$STREAMING_RAG_SECRET`, at least 16 bytes) turns on capability links: watch, status and
+    cancel then need the token `POST /answers` returned, valid for `token_ttl_s` (default the
+    client's `retention_s`). Both given: both must allow. Neither: anyone who reaches the app
+    may submit, watch and cancel (logged as a warning). `cors_origins` allows those origins
+    cross-site (default: none); `submit_rate=(n, per_s)` allows each client address `n` submits
+    per `per_s` seconds (429 beyond); `max_body_bytes` caps a body (413); `retry_ms` is the
+    `retry:` every event stream starts with.
+
     Mounted in another app (`app.mount("/rag", create_app(...))`) its lifespan does not run:
-    pass your own client then, and close it in your app's lifespan."""
+    pass your own client then, close it in your app's lifespan, and call `end_streams(bridge)`
+    when yours shuts down."""
     if not keepalive_s > 0:
         raise InvalidRequest(f"keepalive_s must be > 0 seconds, got {keepalive_s}")
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise InvalidRequest(f"max_body_bytes must be an int >= 1, got {max_body_bytes!r}")
+    if isinstance(retry_ms, bool) or not isinstance(retry_ms, int) or retry_ms < 0:
+        raise InvalidRequest(f"retry_ms must be an int >= 0, got {retry_ms!r}")
+    if isinstance(cors_origins, str):
+        raise InvalidRequest(f"cors_origins must be a list of origins, got {cors_origins!r}")
+    if authorize is not None and not callable(authorize):
+        raise InvalidRequest(f"authorize must be callable, got {type(authorize).__name__}")
+    rate = None if submit_rate is None else RateLimit(*submit_rate)
     owns = client is None
     if client is None:
         client = StreamingRAGClient(
@@ -235,25 +277,52 @@ def create_app(
     elif redis_url is not None or prefix is not None or start_timeout is not None or client_kwargs:
         raise TypeError("pass either a client or the settings to build one, not both")
     rag = client
+    if secret is None:
+        secret = secret_from_env()
+    ttl_s = rag.retention_s if token_ttl_s is None else token_ttl_s
+    capabilities = None if secret is None else Capabilities(secret, ttl_s=ttl_s)
+    gate = Gate(authorize, capabilities)
+    if gate.open:
+        logger.warning(
+            "the HTTP bridge is open: anyone who reaches it may submit, watch and cancel jobs; "
+            "set %s or pass create_app(authorize=...) to restrict it",
+            SECRET_ENV,
+        )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            end_streams(app)
             if owns:
                 await rag.aclose()
 
+    middleware = []
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Content-Type", "Authorization", "Last-Event-ID"],
+                expose_headers=["Location", "Retry-After"],
+            )
+        )
     app = Starlette(
         lifespan=lifespan,
-        exception_handlers={
-            InvalidRequest: _invalid,
-            JobNotFound: _not_found,
-            ServerUnavailable: _unavailable,
-            QueueError: _queue_error,
-        },
+        middleware=middleware,
+        exception_handlers=exception_handlers(),
     )
-    bridge = _Bridge(rag, keepalive_s, app)
+    bridge = _Bridge(
+        rag,
+        app,
+        keepalive_s=keepalive_s,
+        gate=gate,
+        rate=rate,
+        max_body_bytes=max_body_bytes,
+        retry_ms=retry_ms,
+    )
     for path, endpoint, method, name in [
         ("/", bridge.index, "GET", "index"),
         ("/answers", bridge.submit, "POST", "submit"),
@@ -264,4 +333,5 @@ def create_app(
         app.router.routes.append(Route(path, endpoint, methods=[method], name=name))
     app.state.rag = rag
     app.state.streams = bridge.streams
+    app.state.stopping = bridge.stopping
     return app

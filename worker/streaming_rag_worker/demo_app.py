@@ -164,7 +164,8 @@ class BM25Retriever:
     def from_folder(cls, path: str | os.PathLike[str], **kwargs: Any) -> BM25Retriever:
         """Index every ``.md`` / ``.txt`` file directly in `path` (sorted by name, read as
         UTF-8); each doc's metadata: ``source`` (file name), ``title`` (first Markdown heading,
-        else the file stem), ``path``. Raises `NotADirectoryError` if `path` is not a folder
+        else the file stem), and nothing else: no server path reaches the events a browser
+        shows. Raises `NotADirectoryError` if `path` is not a folder
         and `FileNotFoundError` if it holds no such file."""
         folder = Path(path)
         if not folder.is_dir():
@@ -177,7 +178,7 @@ class BM25Retriever:
         docs = []
         for file in files:
             text = file.read_text(encoding="utf-8", errors="replace")
-            meta = {"source": file.name, "title": _title(text, file.stem), "path": str(file)}
+            meta = {"source": file.name, "title": _title(text, file.stem)}
             docs.append({"content": text, "metadata": meta})
         return cls(docs, **kwargs)
 
