@@ -77,3 +77,27 @@ class PacedLLM:
 
 def paced_app() -> StreamingRAG:
     return StreamingRAG(StampBackend(), PacedLLM(), StreamConfig())
+
+
+class GatedLLM:
+    """For the web benchmark: reads `gate=PATH`, `tokens=N` and `interval=S` from the prompt;
+    waits until the file PATH exists (when given: the watchers attach first), then yields N
+    tokens S seconds apart."""
+
+    async def astream(self, prompt: str) -> AsyncIterator[str]:
+        import asyncio
+        import os
+
+        words = dict(w.split("=", 1) for w in prompt.split() if "=" in w)
+        gate = words.get("gate")
+        while gate and not os.path.exists(gate):
+            await asyncio.sleep(0.005)
+        interval = float(words.get("interval", "0").strip(".:"))
+        for _ in range(int(words.get("tokens", "1").strip(".:"))):
+            if interval:
+                await asyncio.sleep(interval)
+            yield "token "
+
+
+def web_app() -> StreamingRAG:
+    return StreamingRAG(InstantBackend(), GatedLLM(), StreamConfig())
