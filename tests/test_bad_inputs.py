@@ -191,3 +191,15 @@ def test_demo_uses_the_given_prefix_and_survives_a_folder_of_its_own(
     assert watched.returncode == 0, watched.stderr
     assert watched.stdout == ""
     assert f"no events after {last.id}" in watched.stderr and "is done" in watched.stderr
+
+
+def test_a_worker_on_a_database_the_server_lacks_stops_with_one_line(redis_url: str) -> None:
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+    proc = cli(
+        "worker", "--redis-url", f"{base}/9999", "--prefix", "srag-test-nodb",
+        "--app", "streaming_rag_worker.demo_app:demo_app",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("streaming-rag worker: error:") and "database" in last
+    assert "Traceback" not in proc.stderr

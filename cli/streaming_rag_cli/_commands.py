@@ -108,6 +108,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.run()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise CLIError(f"cannot reach Redis at {redact_url(config.redis_url)}: {exc}") from None
+    except redis.exceptions.RedisError as exc:  # e.g. a database number the server lacks
+        raise CLIError(
+            f"Redis at {redact_url(config.redis_url)} refused the worker: {exc}"
+            + (
+                " (pick a database below the server's `databases` setting)"
+                if "DB" in str(exc)
+                else ""
+            )
+        ) from None
     return 0
 
 
