@@ -90,7 +90,7 @@ class GatedLLM:
 
         words = dict(w.split("=", 1) for w in prompt.split() if "=" in w)
         gate = words.get("gate")
-        while gate and not os.path.exists(gate):
+        while gate and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240 (another process's gate)
             await asyncio.sleep(0.005)
         interval = float(words.get("interval", "0").strip(".:"))
         for _ in range(int(words.get("tokens", "1").strip(".:"))):

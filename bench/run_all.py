@@ -27,6 +27,7 @@ ORDER = (
     "ttft",
     "publish",
     "fanout",
+    "web",
     "replay",
     "memory",
     "outage",

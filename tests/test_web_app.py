@@ -144,3 +144,29 @@ def test_the_sse_framing_is_one_line_of_json_per_event():
         "",  # a blank line ends the message
         "",
     ]
+
+
+def test_each_events_frame_is_encoded_once_and_the_cache_is_bounded():
+    from streaming_rag import EventType, StreamEvent
+    from streaming_rag_client import _sse
+
+    first = StreamEvent(EventType.CHUNK, "a", 0.1, "20-0")
+    frame = _sse.format_event(first)
+    assert _sse.format_event(first) is frame  # every watcher of the job gets the same bytes
+    twin = StreamEvent(EventType.CHUNK, "a", 0.1, "20-0")
+    assert _sse.format_event(twin) == frame  # another object: encoded again, same bytes
+    other = StreamEvent(EventType.CHUNK, "b", 0.2, "20-1")
+    assert _sse.format_event(other) != frame
+    no_id = StreamEvent(EventType.CHUNK, "c", 0.3, None)
+    before = len(_sse._frames)
+    assert b"id:" not in _sse.format_event(no_id)
+    assert len(_sse._frames) == before  # only events with an id are remembered
+    many = [
+        StreamEvent(EventType.CHUNK, str(i), 0.0, f"21-{i}")
+        for i in range(_sse.FRAME_CACHE_SIZE + 50)
+    ]
+    for event in many:
+        _sse.format_event(event)
+    assert len(_sse._frames) <= _sse.FRAME_CACHE_SIZE
+    assert id(first) not in _sse._frames or _sse._frames[id(first)][0] is not first  # evicted
+    assert _sse.format_event(many[-1]) is _sse.format_event(many[-1])

@@ -25,9 +25,10 @@ another instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 from streaming_rag import StreamEvent
 from streaming_rag.exceptions import InvalidRequest, JobNotFound, ServerUnavailable
@@ -53,8 +54,32 @@ RETRY_MS = 3000
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
+#: How many events' frames `format_event` remembers (FIFO): a few thousand events in flight.
+FRAME_CACHE_SIZE = 4096
+_frames: dict[int, tuple[StreamEvent, bytes]] = {}
+
+
 def format_event(event: StreamEvent) -> bytes:
-    """One SSE message: `event:`, `id:` (when the event has one) and a one-line JSON `data:`."""
+    """One SSE message: `event:`, `id:` (when the event has one) and a one-line JSON `data:`.
+
+    Encoded once per event object: the fan-out hands the same `StreamEvent` to every watcher
+    of a job, so the last `FRAME_CACHE_SIZE` frames of events with an `id` are kept (with the
+    event itself, so its `id()` cannot be reused while cached) and returned as the same bytes.
+    """
+    if event.id is None:
+        return _encode(event)
+    hit = _frames.get(id(event))
+    if hit is not None and hit[0] is event:
+        return hit[1]
+    frame = _encode(event)
+    if len(_frames) >= FRAME_CACHE_SIZE:
+        with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread won
+            del _frames[next(iter(_frames))]
+    _frames[id(event)] = (event, frame)
+    return frame
+
+
+def _encode(event: StreamEvent) -> bytes:
     payload = json.dumps(
         {"data": event.data, "latency": event.latency},
         ensure_ascii=False,
@@ -111,14 +136,6 @@ class OpenStreams:
         await waiter
 
 
-async def _next(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
-    """The next event, or None at the end (or when the job vanished, e.g. expired)."""
-    try:
-        return await anext(events)
-    except (StopAsyncIteration, JobNotFound):
-        return None
-
-
 async def event_stream(
     events: AsyncGenerator[StreamEvent, None],
     keepalive_s: float,
@@ -127,47 +144,94 @@ async def event_stream(
     stopping: asyncio.Event | None = None,
     retry_ms: int = RETRY_MS,
 ) -> AsyncGenerator[bytes, None]:
-    """SSE bytes for `events`: first `retry: <retry_ms>`, then one message per event, with a
-    keep-alive comment whenever `keepalive_s` pass without an event, and `SHUTTING_DOWN` (then
-    the end) as soon as `stopping` is set. The pending read is never cancelled by a keep-alive
-    (only by closing this generator, e.g. when the HTTP client disconnects), and closing this
-    generator closes `events`, so no reader outlives the response. A job that vanishes
-    mid-stream (expired) just ends the stream; one whose Redis stays unreachable ends it after
-    `UNAVAILABLE`."""
+    """SSE bytes for `events`: first `retry: <retry_ms>`, then one message per event (the
+    messages that are ready when the client can take more come as one chunk), with a
+    keep-alive comment whenever `keepalive_s` pass without anything sent, and `SHUTTING_DOWN`
+    (then the end) as soon as `stopping` is set. One task reads `events` for the whole stream:
+    the read is never cancelled by a keep-alive (only by closing this generator, e.g. when the
+    HTTP client disconnects), and closing this generator closes `events`, so no reader
+    outlives the response. A job that vanishes mid-stream (expired) just ends the stream; one
+    whose Redis stays unreachable ends it after `UNAVAILABLE`.
+
+    Per event and watcher this costs one frame lookup (`format_event`) and one wake-up; the
+    keep-alive is one timer per `keepalive_s`, not one per event."""
     streams.opened()
-    pending: asyncio.Task[StreamEvent | None] | None = None
+    loop = asyncio.get_running_loop()
+    ready: list[bytes] = []
+    ended: list[BaseException | None] = []  # [None]: the end; [exc]: ended by exc
+    wake: asyncio.Future[None] | None = None
+    last_sent = loop.time()
+    keepalive_due = False
+
+    def notify(*_: object) -> None:
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                ready.append(format_event(event))
+                notify()
+            ended.append(None)
+        except JobNotFound:
+            ended.append(None)
+        except Exception as exc:
+            ended.append(exc)
+        finally:
+            notify()
+
+    timer: asyncio.TimerHandle
+
+    def tick() -> None:
+        nonlocal timer, keepalive_due
+        now = loop.time()
+        if now - last_sent >= keepalive_s * 0.999:
+            keepalive_due = True
+            notify()
+            timer = loop.call_at(now + keepalive_s, tick)
+        else:
+            timer = loop.call_at(last_sent + keepalive_s, tick)
+
     stop = asyncio.create_task((stopping or asyncio.Event()).wait())
+    stop.add_done_callback(notify)
+    reader = asyncio.create_task(pump())
+    timer = loop.call_at(last_sent + keepalive_s, tick)
     try:
         yield f"retry: {retry_ms}\n\n".encode()
         while True:
-            if pending is None:
-                pending = asyncio.create_task(_next(events))
-            await asyncio.wait(
-                {pending, stop}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not pending.done():
-                if stop.done():
-                    yield SHUTTING_DOWN
-                    return
+            if ready:
+                data = ready[0] if len(ready) == 1 else b"".join(ready)
+                ready.clear()
+                last_sent = loop.time()
+                yield data
+                continue
+            if stop.done():
+                yield SHUTTING_DOWN
+                return
+            if ended:
+                exc = ended[0]
+                if isinstance(exc, ServerUnavailable):
+                    yield UNAVAILABLE
+                elif exc is not None:
+                    raise exc
+                return
+            if keepalive_due:
+                keepalive_due = False
+                last_sent = loop.time()
                 yield KEEPALIVE
                 continue
-            task, pending = pending, None
+            wake = loop.create_future()
             try:
-                event = task.result()
-            except ServerUnavailable:
-                yield UNAVAILABLE
-                return
-            if event is None:
-                return
-            yield format_event(event)
+                await wake
+            finally:
+                wake = None
     finally:
+        timer.cancel()
         stop.cancel()
         try:
-            if pending is not None:
-                pending.cancel()
-                await asyncio.wait({pending})
-                if not pending.cancelled():
-                    pending.exception()  # retrieved: no "exception was never retrieved" noise
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait({reader})
             await events.aclose()
         finally:
             streams.closed()
