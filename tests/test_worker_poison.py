@@ -143,3 +143,21 @@ def test_pack_job_round_trips_with_msgpack() -> None:
     """The poison cases above are built with the worker's own serializer."""
     packed = pack_job({"f": JOB_FUNCTION, "k": {"a": 1}})
     assert msgpack.unpackb(packed) == {"f": JOB_FUNCTION, "k": {"a": 1}}
+
+
+async def test_each_job_state_change_is_one_structured_log_line(
+    redis_url: str, key_prefix: str, caplog: Any
+) -> None:
+    caplog.set_level("INFO", logger="streaming_rag.jobs")
+    async with (
+        running_worker(redis_url, key_prefix, make_rag()) as worker,
+        StreamingRAGClient(redis_url, prefix=key_prefix) as client,
+    ):
+        result = await client.aquery("log me")
+    assert result["events"][-1].type is EventType.GENERATION_DONE
+    lines = [r for r in caplog.records if r.name == "streaming_rag.jobs"]
+    job_id = lines[0].job_id
+    assert [r.status for r in lines] == ["running", "done"]
+    assert all(r.job_id == job_id and r.worker == worker.runtime.config.name for r in lines)
+    assert lines[0].queue_ms >= 0 and lines[1].duration_ms >= 0
+    assert lines[1].getMessage().startswith(f"job {job_id} done on ")

@@ -85,7 +85,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streaming_rag_worker import WorkerConfig, build_worker
     from streaming_rag_worker.app import load_app
 
-    setup_logging(args.verbose, logging.INFO)
+    setup_logging(args.verbose, logging.INFO, args.log_format)
     app, env = worker_app(args)
     os.environ.update(env)
     rag = None
@@ -143,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot load the web server ({exc}): {WEB_EXTRA_HINT}") from None
     from ._serve import run
 
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, logging.WARNING, args.log_format)
     os.environ.update(serve_env(args))
     run(
         args.host,

@@ -19,6 +19,7 @@ from ._commands import (
     cmd_worker,
 )
 from ._demo import cmd_demo
+from ._logging import FORMATS
 from ._settings import (
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
@@ -101,6 +102,15 @@ def _add_common(parser: argparse.ArgumentParser, *, url_help: str | None = None)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
 
 
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="log lines as text or one JSON object each (default: $STREAMING_RAG_LOG_FORMAT, "
+        "else text)",
+    )
+
+
 def _add_worker(sub: Any) -> None:
     p = sub.add_parser(
         "worker",
@@ -162,6 +172,7 @@ def _add_worker(sub: Any) -> None:
         "other users cannot see in `ps`)",
     )
     _add_common(p)
+    _add_log_format(p)
     p.set_defaults(func=cmd_worker, check=_check_worker)
 
 
@@ -200,6 +211,7 @@ def _add_serve(sub: Any) -> None:
         "--port", type=_port, default=8000, metavar="PORT", help="port to listen on (default 8000)"
     )
     _add_common(p)
+    _add_log_format(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from streaming_rag.wire.keys import DEFAULT_PREFIX, DEFAULT_REDIS_URL
+
+from ._logging import FORMATS
+from ._logging import setup_logging as _setup
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -23,6 +25,7 @@ __all__ = [
     "prefix",
     "redis_url",
     "setup_logging",
+    "LOG_FORMAT_ENV",
 ]
 
 DEMO_APP = "streaming_rag_worker.demo_app:demo_app"
@@ -48,7 +51,11 @@ URL_FORMS = (
 )
 
 #: Every environment variable the CLI, or the worker or web app it runs, reads.
+#: The variable naming the log format of `worker` and `serve` ("text" or "json").
+LOG_FORMAT_ENV = "STREAMING_RAG_LOG_FORMAT"
+
 ENV_VARS = {
+    LOG_FORMAT_ENV: "worker, serve: log lines as text (default) or json",
     "REDIS_URL": f"server URL for every subcommand (default {DEFAULT_REDIS_URL}): {URL_FORMS}",
     "STREAMING_RAG_PREFIX": f"key prefix / queue name (default {DEFAULT_PREFIX})",
     "STREAMING_RAG_APP": "worker: the pipeline factory, module:factory",
@@ -63,12 +70,10 @@ ENV_VARS = {
 }
 
 
-def setup_logging(verbose: bool, level: int = logging.WARNING) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(verbose: bool, level: int = logging.WARNING, fmt: str | None = None) -> None:
+    """Log to stderr: `fmt` "text" or "json" (default: `$STREAMING_RAG_LOG_FORMAT`, else text)."""
+    chosen = fmt or os.environ.get(LOG_FORMAT_ENV) or "text"
+    _setup(verbose, level, chosen if chosen in FORMATS else "text")
 
 
 def redis_url(args: argparse.Namespace) -> str:

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("streaming_rag.worker")
+job_log = logging.getLogger("streaming_rag.jobs")
 
 CANCELLED_MSG = "Cancelled"
 SHUTDOWN_MSG = "Worker shut down"
@@ -165,7 +166,12 @@ async def end_invalid(state: WorkerState, keys: JobKeys, reason: str) -> str:
 
 
 async def run_record(
-    state: WorkerState, arq_job_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    state: WorkerState,
+    arq_job_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    queue_ms: int | None = None,
 ) -> str:
     """The arq job function `JOB_FUNCTION`, tolerant of any record: arguments that do not fit
     (a client of another version, a hand-made record) end the job with a typed ERROR when its
@@ -181,21 +187,53 @@ async def run_record(
         problem = f"job_id {kwargs.get('job_id')!r} does not match the arq job id"
     if not problem:
         assert keys is not None
-        return await run_query(state, keys, kwargs.get("request"))
+        return await run_query(state, keys, kwargs.get("request"), queue_ms=queue_ms)
     if keys is None:
         logger.warning("dropped arq job %r: %s (not a job of this prefix)", arq_job_id, problem)
         return "invalid"
     return await end_invalid(state, keys, problem)
 
 
-async def run_query(state: WorkerState, keys: JobKeys, request: Any) -> str:
-    """Answer one query onto the job's stream. Returns the job's final status."""
+def log_job(keys: JobKeys, worker: str, status: str, **timings: float | int) -> None:
+    """One structured line per job state change on logger ``streaming_rag.jobs``: the message
+    reads well as text, and the fields (``job_id``, ``status``, ``worker`` and the timings in
+    milliseconds) are record attributes that a JSON formatter (`--log-format json`) emits."""
+    details = "".join(f", {name} {value}" for name, value in timings.items())
+    job_log.info(
+        "job %s %s on %s%s",
+        keys.job_id,
+        status,
+        worker,
+        details,
+        extra={"job_id": keys.job_id, "status": status, "worker": worker, **timings},
+    )
+
+
+async def run_query(
+    state: WorkerState, keys: JobKeys, request: Any, *, queue_ms: int | None = None
+) -> str:
+    """Answer one query onto the job's stream. Returns the job's final status. `queue_ms`
+    (how long the job waited to be picked up) goes into the job's structured log lines."""
     job_id = keys.job_id
     started = await _start(state, keys)
     if started != "ok":
         logger.info("job %s not started: it is %s", job_id, started)
         return started
     t0 = time.perf_counter()
+    worker = state.config.name
+    log_job(keys, worker, "running", **({} if queue_ms is None else {"queue_ms": queue_ms}))
+    try:
+        status = await _answer(state, keys, request, t0)
+    except BaseException:
+        log_job(keys, worker, "stopped", duration_ms=round((time.perf_counter() - t0) * 1000))
+        raise
+    log_job(keys, worker, status, duration_ms=round((time.perf_counter() - t0) * 1000))
+    return status
+
+
+async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) -> str:
+    """The body of `run_query` once the job is started: the pump, heartbeat and the end."""
+    job_id = keys.job_id
 
     def error(stage: str, msg: str) -> bytes:
         return _error(t0, stage, msg)

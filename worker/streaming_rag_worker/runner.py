@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from arq.worker import func
@@ -126,7 +127,11 @@ class WorkerRuntime:
         """The arq job function `JOB_FUNCTION`: answer one query; return its final status.
         Takes any arguments so that a record that does not fit ends its job with a typed
         ERROR instead of failing inside arq (see `run_record`)."""
-        return await run_record(self.state, str(ctx["job_id"]), args, kwargs)
+        enqueued = ctx.get("enqueue_time")  # arq's documented ctx key (a datetime)
+        queue_ms = None
+        if isinstance(enqueued, datetime):
+            queue_ms = max(0, round((datetime.now(UTC) - enqueued).total_seconds() * 1000))
+        return await run_record(self.state, str(ctx["job_id"]), args, kwargs, queue_ms=queue_ms)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments for `arq.worker.Worker` implementing the config."""
