@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,18 @@ async def until(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll a sync `condition` (short, growing backoff) until it holds; fail after
+    `timeout_s` naming `what` (for server states no event announces)."""
+    deadline = time.monotonic() + timeout_s
+    backoff = 0.01
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 0.2)
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,19 +13,14 @@ import redis
 from streaming_rag.exceptions import CLIError
 from streaming_rag_cli import embedded
 from streaming_rag_cli.embedded import EmbeddedValkey, version
+from tests.helpers_queue import wait_until as _wait_until
 
 WAIT_S = 15.0
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll `condition` (short, growing backoff) until it holds; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    backoff = 0.01
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(backoff)
-        backoff = min(backoff * 2, 0.2)
+    """`helpers_queue.wait_until` with this module's bound."""
+    _wait_until(condition, what, timeout_s)
 
 
 def refuses(port: int) -> bool:

@@ -15,7 +15,6 @@ then open connections keep writing there, and what they wrote is dropped by the 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from streaming_rag_client import StreamingRAGClient
 from streaming_rag_client._connect import async_client, sync_client
 from streaming_rag_client._transport import raw_view
 from tests.helpers_queue import running_worker
+from tests.helpers_queue import wait_until as _wait_until
 from tests.queue_apps import ANSWER_WORDS, make_rag
 
 SERVICE = "srag-test"
@@ -38,14 +38,8 @@ WAIT_S = 30.0
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll `condition` (short, growing backoff) until it holds; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    backoff = 0.01
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(backoff)
-        backoff = min(backoff * 2, 0.2)
+    """`helpers_queue.wait_until` with this module's bound."""
+    _wait_until(condition, what, timeout_s)
 
 
 def admin(server: EmbeddedValkey) -> redis.Redis:
