@@ -28,7 +28,7 @@ from streaming_rag_cli import ENV_VARS, EventPrinter, build_parser, main, subcom
 from streaming_rag_cli._commands import serve_env, worker_app
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = ("worker", "serve", "ask", "watch", "replay", "status", "cancel", "demo")
+SUBCOMMANDS = ("worker", "serve", "ask", "watch", "replay", "status", "cancel", "demo", "dev")
 HANG_GUARD_S = 90
 DEMO_APP = "streaming_rag_worker.demo_app:demo_app"
 LLM_APP = "streaming_rag_worker.llm_app:openai_app"

@@ -100,13 +100,20 @@ async def test_unmounted_app_from_the_environment_serves_and_closes_its_client(
         job_id = response.json()["job_id"]
         assert response.json()["events_url"] == f"/answers/{job_id}/events"
         page = await http.get("/")
+        client_js = await http.get("/client.js")
         assert rag._async is not None  # the app's client is connected...
     assert rag._async is None  # ...and closed by the app's lifespan on shutdown
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert '<meta name="answers-url" content="/answers">' in page.text
-    assert "EventSource" in page.text
+    assert 'from "./client.js"' in page.text  # the page streams with the served client
     assert "http://" not in page.text and "https://" not in page.text  # no external assets
+    assert client_js.status_code == 200
+    assert client_js.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert client_js.headers["cache-control"] == "public, max-age=300"
+    assert "export function watch(" in client_js.text and "new EventSource(" in client_js.text
+    assert "export async function submit(" in client_js.text
+    assert "http://" not in client_js.text and "https://" not in client_js.text
 
 
 def test_settings_and_a_client_together_are_refused(redis_url, key_prefix):

@@ -417,3 +417,115 @@ async def test_the_page_resumes_after_a_cut_connection(redis_url, key_prefix, br
             assert (await streams[1].all_headers())["last-event-id"] == last_seen
             await context.close()
     assert errors == []
+
+
+# A front end of someone else's: a page on the same origin (outside the bridge's mount) that
+# imports the bridge's client.js; `run(query)` submits and follows the job to its end.
+HARNESS_PATH = "/harness.html"
+HARNESS = f"""<!doctype html><html><head><title>client.js harness</title></head><body>
+<script type="module">
+import {{watch, submit}} from "{MOUNT}/client.js";
+const follow = (target, options) => new Promise((resolve) => {{
+  const events = [];
+  const handle = watch(target, {{
+    ...options,
+    onEvent: (type, data, id, latency) => events.push({{type, data, id, latency}}),
+    onDone: (last) => resolve({{events, last, lastEventId: handle.lastEventId,
+                                closed: handle.readyState === EventSource.CLOSED}}),
+    onError: ({{reconnecting}}) => {{
+      if (!reconnecting) resolve({{events, refused: true, lastEventId: handle.lastEventId,
+                                   closed: handle.readyState === EventSource.CLOSED}});
+    }},
+  }});
+}});
+window.run = async (query) => {{
+  const reply = await submit(query);
+  return {{reply, ...(await follow(reply.events_url, {{}}))}};
+}};
+window.follow = follow;
+window.submit = submit;
+window.rejection = (query) => submit(query).then(
+  () => null, (exc) => ({{message: exc.message, status: exc.status, detail: exc.detail}}));
+window.harnessReady = true;
+</script></body></html>"""
+
+
+async def open_harness(context: Any, origin: str, errors: list[str]) -> Any:
+    page = await context.new_page()
+    await page.add_init_script(TRACK_EVENT_SOURCES)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    async def fulfil(route: Any) -> None:
+        await route.fulfill(body=HARNESS, content_type="text/html")
+
+    await page.route(origin + HARNESS_PATH, fulfil)
+    await page.goto(origin + HARNESS_PATH)
+    await page.wait_for_function("window.harnessReady === true", timeout=WAIT_MS)
+    return page
+
+
+async def test_client_js_follows_a_job_to_its_end_and_closes(redis_url, key_prefix, browser):
+    """`watch()` and `submit()` from GET /client.js, on a page of another path: every event
+    once, one terminal event, then the EventSource closed (no reconnect even with a 20 ms
+    `retry:`), `.lastEventId` the terminal event's id; resuming by job id `after` an entry;
+    `after` the end is refused (204); a rejected question throws the server's detail."""
+    errors: list[str] = []
+    pipeline = StreamingRAG(SourcedBackend(), WordsLLM())
+    async with web_stack(redis_url, key_prefix, pipeline=pipeline, retry_ms=20) as stack:
+        context = await browser.new_context(viewport=DESKTOP)
+        page = await open_harness(context, stack.origin, errors)
+        streams: list[str] = []
+        page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+
+        result = await page.evaluate("run('What is RAG?')")
+        job_id = result["reply"]["job_id"]
+        trace = [e async for e in stack.rag.aevents(job_id)]
+        got = [(e["type"], e["data"], e["id"], e["latency"]) for e in result["events"]]
+        assert got == [(e.type.value, e.data, e.id, e.latency) for e in trace]
+        terminal = [e for e in result["events"] if e["type"] in ("generation_done", "error")]
+        assert [e["type"] for e in terminal] == ["generation_done"]
+        assert result["last"] == result["events"][-1] == terminal[0]
+        assert result["lastEventId"] == trace[-1].id
+        assert result["closed"]
+        assert await page.evaluate("eventSources.every((s) => s.readyState === EventSource.CLOSED)")
+
+        # by job id (the URL from client.js's own location), resuming after the second event
+        resumed = await page.evaluate("([id, after]) => follow(id, {after})", [job_id, trace[1].id])
+        assert [e["id"] for e in resumed["events"]] == [e.id for e in trace[2:]]
+        assert resumed["lastEventId"] == trace[-1].id and resumed["closed"]
+        # after the terminal event: 204, refused for good, nothing delivered
+        past = await page.evaluate("([id, after]) => follow(id, {after})", [job_id, trace[-1].id])
+        assert past["refused"] and past["closed"] and past["events"] == []
+        assert past["lastEventId"] == trace[-1].id
+        # the server's detail, as the bridge answers it
+        refused = await stack.http.post("/answers", json={"query": ""})
+        assert refused.status_code == 422
+        rejection = await page.evaluate("rejection('')")
+        detail = refused.json()["detail"]
+        assert rejection == {"message": detail, "status": 422, "detail": detail}
+        # one request per follow(): no reconnect after any end (the last 204 ends it too)
+        assert streams == [
+            stack.url(result["reply"]["events_url"]),
+            stack.url(f"{MOUNT}/answers/{job_id}/events?after={trace[1].id}"),
+            stack.url(f"{MOUNT}/answers/{job_id}/events?after={trace[-1].id}"),
+        ]
+        await context.close()
+    assert errors == []
+
+
+async def test_client_js_passes_a_capability_token(redis_url, key_prefix, browser):
+    """With a secret: `watch(jobId, {token})` with the watch token `submit()` returned."""
+    errors: list[str] = []
+    async with web_stack(redis_url, key_prefix, secret="s" * 32) as stack:
+        context = await browser.new_context(viewport=DESKTOP)
+        page = await open_harness(context, stack.origin, errors)
+        reply = await page.evaluate("submit('Token?')")
+        assert reply["watch_token"]
+        followed = await page.evaluate(
+            "([id, token]) => follow(id, {token})", [reply["job_id"], reply["watch_token"]]
+        )
+        assert followed["last"]["type"] == "generation_done" and followed["closed"]
+        bare = await page.evaluate("(id) => follow(id, {})", reply["job_id"])
+        assert bare["refused"] and bare["closed"] and bare["events"] == []
+        await context.close()
+    assert errors == []

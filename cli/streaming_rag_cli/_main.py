@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command not in ("worker", "demo", "serve"):  # those set up their own logging
+    if args.command not in ("worker", "demo", "serve", "dev"):  # those set up their own logging
         setup_logging(args.verbose)
     try:
         return int(args.func(args))

@@ -19,6 +19,7 @@ from ._commands import (
     cmd_worker,
 )
 from ._demo import cmd_demo
+from ._dev import cmd_dev
 from ._logging import FORMATS
 from ._settings import (
     DEFAULT_PREFIX,
@@ -313,6 +314,51 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _add_dev(sub: Any) -> None:
+    p = sub.add_parser(
+        "dev",
+        help="a local stack in the foreground: embedded Valkey, workers, web page; Ctrl-C stops",
+        description="Start an embedded Valkey (unless --redis-url or $REDIS_URL names a server), "
+        "N `streaming-rag worker` processes serving --app (default "
+        f"{DEMO_APP}) or --docs, and `streaming-rag serve` on 127.0.0.1 (when the web extra is "
+        "installed); then print the page URL, the Redis URL and copy-paste lines to ask a "
+        "question. Ctrl-C or SIGTERM stops every process it started.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--app",
+        metavar="MODULE:FACTORY",
+        help=f"factory returning a StreamingRAG, found in the current folder (default {DEMO_APP})",
+    )
+    source.add_argument(
+        "--docs", metavar="DIR", help=f"serve a folder of .md/.txt files ({FOLDER_APP})"
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8000,
+        metavar="PORT",
+        help="port of the web page and HTTP API on 127.0.0.1 (default 8000; 0: a free one)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes to run (default 1)",
+    )
+    p.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the workers when the app's module or a .py file of the current folder "
+        "changes (checked every second)",
+    )
+    _add_common(
+        p, url_help="use this server instead of an embedded Valkey (default: $REDIS_URL if set)"
+    )
+    p.set_defaults(func=cmd_dev)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `streaming-rag` argument parser; each subcommand stores its handler in `func`."""
     parser = argparse.ArgumentParser(
@@ -320,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream RAG answers token by token, in process or through a job queue.",
         epilog="environment:\n"
         + "\n".join(f"  {name:<26} {text}" for name, text in ENV_VARS.items())
-        + "\n\nstart here: streaming-rag demo",
+        + "\n\nstart here: streaming-rag demo, then streaming-rag dev",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -329,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_client_commands(sub)
     _add_demo(sub)
+    _add_dev(sub)
     return parser
 
 

@@ -20,6 +20,8 @@ Routes (relative to where the app is mounted):
 - `DELETE /answers/{job_id}` → `{"cancelled": bool}` (false: it had already ended).
 - `GET /` → a small page that asks a question and renders the answer live (`?job=<id>`
   watches an existing job).
+- `GET /client.js` → the page's browser client, an ES module exporting `watch()` and
+  `submit()` for front ends of your own (`text/javascript`, cached for `CLIENT_JS_MAX_AGE_S`).
 
 Unknown jobs → 404, an unreachable Redis (for longer than the client's `reconnect_s`) → 503,
 no valid credentials → 401, refused → 403 (`authorize=`, capability tokens), each as
@@ -67,6 +69,7 @@ __all__ = [
 ]
 
 PREFIX_ENV = "STREAMING_RAG_PREFIX"
+CLIENT_JS_MAX_AGE_S = 300  # short: a new version reaches browsers within minutes
 logger = logging.getLogger(__name__)
 _ENDED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -94,10 +97,9 @@ class _Bridge:
         self.retry_ms = retry_ms
         self.streams = OpenStreams()
         self.stopping = asyncio.Event()
-        page = (
-            files("streaming_rag_client").joinpath("static/index.html").read_text(encoding="utf-8")
-        )
-        self.page = page
+        static = files("streaming_rag_client").joinpath("static")
+        self.page = static.joinpath("index.html").read_text(encoding="utf-8")
+        self.client_js = static.joinpath("client.js").read_text(encoding="utf-8")
 
     def url(self, request: Request, name: str, **params: str) -> str:
         """The path of route `name` as the browser sees it (with the mount point / root path)."""
@@ -150,6 +152,10 @@ class _Bridge:
     async def index(self, request: Request) -> Response:
         answers = html.escape(self.url(request, "submit"), quote=True)
         return HTMLResponse(self.page.replace("{{ANSWERS_URL}}", answers))
+
+    async def client(self, request: Request) -> Response:
+        headers = {"Cache-Control": f"public, max-age={CLIENT_JS_MAX_AGE_S}"}
+        return Response(self.client_js, media_type="text/javascript", headers=headers)
 
     async def submit(self, request: Request) -> Response:
         await self.gate.check(request, "submit", None)
@@ -325,6 +331,7 @@ def create_app(
     )
     for path, endpoint, method, name in [
         ("/", bridge.index, "GET", "index"),
+        ("/client.js", bridge.client, "GET", "client_js"),
         ("/answers", bridge.submit, "POST", "submit"),
         ("/answers/{job_id}", bridge.answer, "GET", "answer"),
         ("/answers/{job_id}", bridge.cancel, "DELETE", "cancel"),
