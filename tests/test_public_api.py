@@ -149,6 +149,13 @@ EXPORTS: dict[str, set[str]] = {
         "create_app",
         "end_streams",
     },
+    "streaming_rag_client.sse": {
+        "RETRY_MS",
+        "SSE_HEADERS",
+        "format_event",
+        "open_event_stream",
+        "resume_cursor",
+    },
     "streaming_rag_cli": {
         "CLIError",
         "DEFAULT_REDIS_URL",

@@ -43,7 +43,10 @@ from ._core import (
 from ._fanout import Fanout
 from ._transport import AsyncTransport, SyncTransport
 
-__all__ = ["DEFAULT_REDIS_URL", "StreamingRAGClient"]
+__all__ = ["DEFAULT_REDIS_URL", "PREFIX_ENV", "StreamingRAGClient"]
+
+#: The variable naming the key prefix when `prefix` is not given (as for the worker and CLI).
+PREFIX_ENV = "STREAMING_RAG_PREFIX"
 
 
 class StreamingRAGClient:
@@ -56,8 +59,9 @@ class StreamingRAGClient:
 
     Sync methods use redis-py's sync client, async methods (prefixed `a`) its asyncio client;
     both are created on first use from `redis_url` (default: `REDIS_URL`, else
-    `redis://127.0.0.1:6379/0`), or passed ready-made as `sync_client` / `async_client`. The
-    URL is parsed here (`streaming_rag.wire.parse_url`: redis://, rediss://, unix://,
+    `redis://127.0.0.1:6379/0`; the key `prefix` likewise defaults to `STREAMING_RAG_PREFIX`,
+    else `srag`, as for the worker and the CLI), or passed ready-made as `sync_client` /
+    `async_client`. The URL is parsed here (`streaming_rag.wire.parse_url`: redis://, rediss://, unix://,
     redis+sentinel://, rediss+sentinel://; a bad one raises `InvalidRequest`); a sentinel URL
     gives clients that follow the primary through failovers. `repr()` and every error message
     show the URL with its passwords masked.
@@ -84,7 +88,7 @@ class StreamingRAGClient:
         self,
         redis_url: str | None = None,
         *,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         start_timeout: float = 30.0,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
         retention_s: float = 3600.0,
@@ -97,7 +101,7 @@ class StreamingRAGClient:
     ) -> None:
         self.url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
         self._server = parse_url(self.url)
-        self.prefix = validate_prefix(prefix)
+        self.prefix = validate_prefix(prefix or os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX)
         if not start_timeout > 0:
             raise InvalidRequest(f"start_timeout must be > 0 seconds, got {start_timeout}")
         if not poll_interval_s > 0:

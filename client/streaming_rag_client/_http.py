@@ -23,9 +23,9 @@ from streaming_rag.exceptions import (
     Unauthorized,
 )
 
-__all__ = ["SSE_HEADERS", "EventStreamResponse", "exception_handlers"]
+from ._sse import SSE_HEADERS
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+__all__ = ["SSE_HEADERS", "EventStreamResponse", "exception_handlers"]
 
 
 class EventStreamResponse(Response):

@@ -37,8 +37,10 @@ __all__ = [
     "KEEPALIVE",
     "RETRY_MS",
     "SHUTTING_DOWN",
+    "SSE_HEADERS",
     "UNAVAILABLE",
     "OpenStreams",
+    "entry_key",
     "event_stream",
     "format_event",
     "resume_cursor",
@@ -51,6 +53,8 @@ UNAVAILABLE = b": server unavailable; reconnect with Last-Event-ID to resume\n\n
 SHUTTING_DOWN = b": server shutting down; reconnect with Last-Event-ID\n\n"
 #: Milliseconds a browser waits before reconnecting (the `retry:` field every stream starts with).
 RETRY_MS = 3000
+#: Headers of every event-stream response: no caching, no proxy buffering (nginx).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
@@ -107,6 +111,12 @@ def resume_cursor(last_event_id: str | None, after: str | None) -> str | None:
             )
         return value
     return None
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable `(ms, seq)`."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class OpenStreams:

@@ -52,11 +52,11 @@ from streaming_rag.exceptions import Forbidden, InvalidRequest, JobNotFound, Una
 from streaming_rag.wire import DEFAULT_PREFIX, validate_job_id
 
 from ._auth import SECRET_ENV, Action, Authorize, Capabilities, Gate, secret_from_env
-from ._client import StreamingRAGClient
+from ._client import PREFIX_ENV, StreamingRAGClient
 from ._core import JobStatus
 from ._http import EventStreamResponse, exception_handlers
 from ._limits import MAX_BODY_BYTES, RateLimit, json_body
-from ._sse import RETRY_MS, OpenStreams, event_stream, resume_cursor
+from ._sse import RETRY_MS, OpenStreams, entry_key, event_stream, resume_cursor
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -68,7 +68,6 @@ __all__ = [
     "end_streams",
 ]
 
-PREFIX_ENV = "STREAMING_RAG_PREFIX"
 CLIENT_JS_MAX_AGE_S = 300  # short: a new version reaches browsers within minutes
 logger = logging.getLogger(__name__)
 _ENDED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
@@ -147,7 +146,7 @@ class _Bridge:
         async with aclosing(self.rag.aevents(job_id)) as events:
             async for event in events:
                 last = event.id
-        return last is None or _entry_key(after) >= _entry_key(last)
+        return last is None or entry_key(after) >= entry_key(last)
 
     async def index(self, request: Request) -> Response:
         answers = html.escape(self.url(request, "submit"), quote=True)
@@ -203,11 +202,6 @@ class _Bridge:
     async def cancel(self, request: Request) -> Response:
         job_id = await self.job_id(request, "cancel")
         return JSONResponse({"cancelled": await self.rag.acancel(job_id)})
-
-
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def end_streams(app: Starlette) -> None:
