@@ -8,6 +8,10 @@ no server.
 
 `key_prefix` gives each test its own key prefix; when the test also uses the real server, every
 key under that prefix is deleted after the test (SCAN MATCH + DEL, failures ignored).
+
+`valkey_cluster` (session) is a real 3-master Valkey Cluster with one replica per master
+(`streaming_rag_cli.embedded_cluster.EmbeddedCluster`), started on first use; `fresh_cluster`
+is a new one per test, for tests that kill nodes or move slots. Neither looks at `$REDIS_URL`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -25,6 +30,7 @@ import redis.asyncio
 from streaming_rag.exceptions import CLIError
 from streaming_rag.wire import redact_url
 from streaming_rag_cli.embedded import EmbeddedValkey, version
+from streaming_rag_cli.embedded_cluster import EmbeddedCluster
 
 ENV_VAR = "REDIS_URL"
 CONNECT_TIMEOUT_S = 2.0
@@ -215,3 +221,40 @@ async def aredis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+def _start_cluster(cluster: EmbeddedCluster) -> EmbeddedCluster:
+    """`cluster` started, or the test failed with the one-line reason (no traceback noise)."""
+    problem = ""
+    try:
+        cluster.start()
+    except CLIError as exc:
+        problem = str(exc)
+    if problem:  # failed outside the except block: no chained traceback noise
+        pytest.fail(f"cannot start the embedded Valkey cluster: {problem}", pytrace=False)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real Valkey Cluster on 127.0.0.1: 3 masters, 1 replica each, started on first use and
+    stopped at the end of the session. Shared: tests must not kill nodes or move slots (use
+    `fresh_cluster`) and should use their own keys (`key_prefix`)."""
+    cluster = EmbeddedCluster(
+        masters=3, replicas=1, data_dir=tmp_path_factory.mktemp("valkey-cluster")
+    )
+    try:
+        yield _start_cluster(cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A new 3-master, 1-replica-each Valkey Cluster for this test only (it may kill nodes,
+    fail over, migrate slots), stopped after the test."""
+    cluster = EmbeddedCluster(masters=3, replicas=1, data_dir=tmp_path / "valkey-cluster")
+    try:
+        yield _start_cluster(cluster)
+    finally:
+        cluster.stop()

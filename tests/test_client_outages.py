@@ -435,8 +435,10 @@ async def test_the_fanout_reader_stops_retrying_once_its_subscribers_left(
         ):
             subs = start(await rag.asubmit("nobody waits"))
             await subs.all_saw("a1 ")
-            assert rag._fanout is not None and rag._fanout._reader is not None
-            reader = rag._fanout._reader
+            assert rag._fanout is not None and rag._fanout.readers == 1
+            (group,) = rag._fanout._groups.values()
+            reader = group.reader
+            assert reader is not None
             proxy.pause()
             for task in subs.tasks:
                 task.cancel()

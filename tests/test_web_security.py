@@ -324,7 +324,7 @@ async def _assert_nothing_but(stack: Stack, submitted: int) -> None:
 
     r = redis.asyncio.Redis.from_url(stack.rag.url)
     try:
-        jobs = [k async for k in r.scan_iter(match=f"{stack.rag.prefix}:{{*}}:job")]
+        jobs = [k async for k in r.scan_iter(match=f"{stack.rag.prefix}:{{*}}:*:job")]
         assert len(jobs) == submitted
     finally:
         await r.aclose()

@@ -10,13 +10,14 @@ from redis.crc import key_slot
 
 from streaming_rag.wire import JobKeys
 from streaming_rag.wire import scripts as s
+from streaming_rag.wire.keys import BUCKETS
 
 KEYS = JobKeys("pfx", "job-1")
 
 #: Commands whose first argument is not a key.
 NO_KEY = {"TIME", "PUBLISH"}
 #: Local names the scripts bind to KEYS entries (helper parameters and locals).
-KEY_LOCALS = {"meta", "events", "lease"}
+KEY_LOCALS = {"meta", "events", "lease", "arq_job", "queue", "wake", "index"}
 SCRIPTS = {
     "SUBMIT": s.SUBMIT,
     "START": s.START,
@@ -25,6 +26,8 @@ SCRIPTS = {
     "CHECK": s.CHECK,
     "CANCEL": s.CANCEL,
     "CLAIM": s.CLAIM,
+    "ENQUEUE": s.ENQUEUE,
+    "DEQUEUE": s.DEQUEUE,
 }
 
 
@@ -59,11 +62,59 @@ def test_the_check_catches_a_key_built_inside_a_script() -> None:
         s.publish_call(
             KEYS, [("1-0", b"a"), ("1-1", b"b")], expected_top="0-0", lease_ms=3, retention_ms=1
         ),
+        s.submit_call(
+            KEYS,
+            record=b"r",
+            now_ms=5,
+            start_timeout_ms=30,
+            record_ttl_ms=99,
+            nonce="n",
+            with_queue=False,
+        ),
+        s.check_call(KEYS, retention_ms=7, with_queue=False),
+        s.cancel_call(KEYS, retention_ms=7, with_queue=False),
     ],
-    ids=["START", "HEARTBEAT", "PUBLISH"],
+    ids=["START", "HEARTBEAT", "PUBLISH", "SUBMIT", "CHECK", "CANCEL"],
 )
 def test_job_scripts_stay_in_the_job_slot(call: s.ScriptCall) -> None:
     assert len({key_slot(k.encode()) for k in call.keys}) == 1
+    assert all(KEYS.job_id in k for k in call.keys), "only the job's own keys"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        s.enqueue_call(
+            KEYS, record=b"r", now_ms=5, start_timeout_ms=30, record_ttl_ms=99, nonce="n"
+        ),
+        s.dequeue_call(KEYS),
+        s.claim_call(
+            "pfx",
+            KEYS.queue,
+            [KEYS.arq_job_id],
+            in_progress_ttl_ms=1,
+            now_ms=2,
+            lease_ms=3,
+            worker="w",
+            with_start=False,
+        ),
+    ],
+    ids=["ENQUEUE", "DEQUEUE", "CLAIM"],
+)
+def test_queue_side_scripts_touch_no_job_key(call: s.ScriptCall) -> None:
+    job_keys = {KEYS.meta, KEYS.events, KEYS.lease}
+    assert call.keys and not job_keys & set(call.keys)
+
+
+def test_jobs_of_one_bucket_share_a_slot_and_buckets_spread() -> None:
+    a = JobKeys("pfx", "job-1")
+    same = next(
+        JobKeys("other", f"j{i}") for i in range(10_000) if JobKeys("x", f"j{i}").bucket == a.bucket
+    )
+    assert key_slot(a.events.encode()) == key_slot(same.events.encode())
+    buckets = {JobKeys("pfx", f"j{i}").bucket for i in range(2_000)}
+    assert buckets == set(range(BUCKETS))
+    assert a.events == f"pfx:{{b{a.bucket:02d}}}:job-1:events"
 
 
 def test_publish_call_carries_its_events_in_order() -> None:

@@ -21,10 +21,12 @@ from streaming_rag.exceptions import CLIError
 
 from ._printing import EventPrinter
 from ._settings import (
+    EVENTS_URL_ENV,
     FOLDER_APP,
     LLM_APP,
     LLM_ENV,
     SECRET_ENV,
+    events_url,
     prefix,
     redis_url,
     setup_logging,
@@ -56,7 +58,9 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
     from streaming_rag_client import StreamingRAGClient
 
-    return StreamingRAGClient(redis_url(args), prefix=prefix(args), **kwargs)
+    return StreamingRAGClient(
+        redis_url(args), prefix=prefix(args), events_url=events_url(args), **kwargs
+    )
 
 
 # -- worker --------------------------------------------------------------------------------------
@@ -95,6 +99,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         rag = folder_app(args.docs)
     config = WorkerConfig.from_env(
         redis_url=args.redis_url,
+        events_url=args.events_url,
         prefix=args.prefix,
         app=app,
         concurrency=args.concurrency,
@@ -127,6 +132,8 @@ def serve_env(args: argparse.Namespace) -> dict[str, str]:
     env = {}
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
+    if args.events_url:
+        env[EVENTS_URL_ENV] = args.events_url
     if args.prefix:
         env["STREAMING_RAG_PREFIX"] = args.prefix
     return env

@@ -26,6 +26,7 @@ from ._settings import (
     DEFAULT_REDIS_URL,
     DEMO_APP,
     ENV_VARS,
+    EVENTS_URL_FORMS,
     FOLDER_APP,
     LLM_APP,
     URL_FORMS,
@@ -94,6 +95,13 @@ def _add_common(parser: argparse.ArgumentParser, *, url_help: str | None = None)
         metavar="URL",
         help=url_help
         or f"Redis/Valkey server URL: {URL_FORMS} (default: $REDIS_URL, else {DEFAULT_REDIS_URL})",
+    )
+    parser.add_argument(
+        "--events-url",
+        metavar="URL",
+        help="where the per-job keys (event streams, job hashes, leases) live when not on the "
+        f"--redis-url server (the queue): {EVENTS_URL_FORMS} (default: "
+        "$STREAMING_RAG_EVENTS_URL, else the --redis-url server)",
     )
     parser.add_argument(
         "--prefix",

@@ -21,7 +21,10 @@ __all__ = [
     "LLM_APP",
     "LLM_ENV",
     "SECRET_ENV",
+    "EVENTS_URL_ENV",
+    "EVENTS_URL_FORMS",
     "URL_FORMS",
+    "events_url",
     "prefix",
     "redis_url",
     "setup_logging",
@@ -49,6 +52,13 @@ URL_FORMS = (
     "(rediss+sentinel://... for TLS); the password may also be given as ?password=, "
     "the sentinels' as ?sentinel_password="
 )
+#: The forms of the events server's URL: the same, plus a Redis Cluster.
+EVENTS_URL_FORMS = (
+    "any server URL above, or a Redis Cluster: redis+cluster://[:password@]host:port"
+    "[,host:port...] (seed nodes; rediss+cluster://... for TLS)"
+)
+#: The variable naming the events server (per-job keys) when it is not the queue server.
+EVENTS_URL_ENV = "STREAMING_RAG_EVENTS_URL"
 
 #: Every environment variable the CLI, or the worker or web app it runs, reads.
 #: The variable naming the log format of `worker` and `serve` ("text" or "json").
@@ -57,6 +67,8 @@ LOG_FORMAT_ENV = "STREAMING_RAG_LOG_FORMAT"
 ENV_VARS = {
     LOG_FORMAT_ENV: "worker, serve: log lines as text (default) or json",
     "REDIS_URL": f"server URL for every subcommand (default {DEFAULT_REDIS_URL}): {URL_FORMS}",
+    EVENTS_URL_ENV: "where the per-job keys (event streams, job hashes, leases) live, when not "
+    f"on the REDIS_URL server (default: that server): {EVENTS_URL_FORMS}",
     "STREAMING_RAG_PREFIX": f"key prefix / queue name (default {DEFAULT_PREFIX})",
     "STREAMING_RAG_APP": "worker: the pipeline factory, module:factory",
     "STREAMING_RAG_CONCURRENCY": "worker: jobs run at once (arq max_jobs, default 100)",
@@ -79,6 +91,12 @@ def setup_logging(verbose: bool, level: int = logging.WARNING, fmt: str | None =
 def redis_url(args: argparse.Namespace) -> str:
     """`--redis-url`, else `$REDIS_URL`, else the default."""
     return str(args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+
+
+def events_url(args: argparse.Namespace) -> str | None:
+    """`--events-url`, else `$STREAMING_RAG_EVENTS_URL`, else None (the queue server)."""
+    value = getattr(args, "events_url", None) or os.environ.get(EVENTS_URL_ENV)
+    return str(value) if value else None
 
 
 def prefix(args: argparse.Namespace) -> str:

@@ -41,12 +41,15 @@ from ._core import (
     status_from_check,
 )
 from ._fanout import Fanout
+from ._outages import is_cluster
 from ._transport import AsyncTransport, SyncTransport
 
-__all__ = ["DEFAULT_REDIS_URL", "PREFIX_ENV", "StreamingRAGClient"]
+__all__ = ["DEFAULT_REDIS_URL", "EVENTS_URL_ENV", "PREFIX_ENV", "StreamingRAGClient"]
 
 #: The variable naming the key prefix when `prefix` is not given (as for the worker and CLI).
 PREFIX_ENV = "STREAMING_RAG_PREFIX"
+#: The variable naming the events server when `events_url` is not given.
+EVENTS_URL_ENV = "STREAMING_RAG_EVENTS_URL"
 
 
 class StreamingRAGClient:
@@ -65,6 +68,14 @@ class StreamingRAGClient:
     redis+sentinel://, rediss+sentinel://; a bad one raises `InvalidRequest`); a sentinel URL
     gives clients that follow the primary through failovers. `repr()` and every error message
     show the URL with its passwords masked.
+
+    Two places: `redis_url` is the queue server (standalone or Sentinel); `events_url`
+    (default: `STREAMING_RAG_EVENTS_URL`, else the queue server) is where the per-job keys
+    live, and may be a Redis Cluster (``redis+cluster://host:port[,host:port...]``). Give the
+    workers the same two URLs. Ready-made clients of the events server go in
+    `sync_events_client` / `async_events_client` (a `redis.cluster.RedisCluster` /
+    `redis.asyncio.cluster.RedisCluster` for a cluster); a cluster client given as
+    `sync_client` / `async_client` raises `InvalidRequest` (the queue cannot live on one).
 
     Async subscribers of one client share one reader connection (`fanout=True`): one XREAD
     follows every watched stream and hands each event to every subscriber's buffer (at most
@@ -98,9 +109,21 @@ class StreamingRAGClient:
         fanout_buffer: int = 10_000,
         sync_client: redis.Redis | None = None,
         async_client: redis.asyncio.Redis | None = None,
+        events_url: str | None = None,
+        sync_events_client: Any = None,
+        async_events_client: Any = None,
     ) -> None:
         self.url = redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
         self._server = parse_url(self.url)
+        if self._server.kind == "cluster" or is_cluster(sync_client) or is_cluster(async_client):
+            raise InvalidRequest(
+                "the queue cannot live on a Redis Cluster (arq cannot run on one): give the "
+                "cluster as events_url= (or sync_events_client= / async_events_client=) and a "
+                "standalone or Sentinel server as redis_url"
+            )
+        events = events_url or os.environ.get(EVENTS_URL_ENV) or None
+        self.events_url = None if events == self.url else events
+        self._events_server = None if self.events_url is None else parse_url(self.events_url)
         self.prefix = validate_prefix(prefix or os.environ.get(PREFIX_ENV) or DEFAULT_PREFIX)
         if not start_timeout > 0:
             raise InvalidRequest(f"start_timeout must be > 0 seconds, got {start_timeout}")
@@ -117,6 +140,8 @@ class StreamingRAGClient:
         self._async_client = async_client
         self._owns_sync = sync_client is None
         self._owns_async = async_client is None
+        self._sync_events_client = sync_events_client
+        self._async_events_client = async_events_client
         self._sync: SyncTransport | None = None
         self._async: AsyncTransport | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -126,7 +151,8 @@ class StreamingRAGClient:
         self._stats = StreamStats()
 
     def __repr__(self) -> str:
-        return f"StreamingRAGClient(url={redact_url(self.url)!r}, prefix={self.prefix!r})"
+        events = "" if self.events_url is None else f", events_url={redact_url(self.events_url)!r}"
+        return f"StreamingRAGClient(url={redact_url(self.url)!r}{events}, prefix={self.prefix!r})"
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -141,8 +167,16 @@ class StreamingRAGClient:
     def _sync_transport(self) -> SyncTransport:
         if self._sync is None:
             client = self._sync_client or sync_client(self._server)
+            events = self._sync_events_client
+            if events is None and self._events_server is not None:
+                events = sync_client(self._events_server)
             self._sync = SyncTransport(
-                client, self.url, int(self.retention_s * 1000), reconnect_s=self.reconnect_s
+                client,
+                self.url,
+                int(self.retention_s * 1000),
+                reconnect_s=self.reconnect_s,
+                events=events,
+                events_url=self.events_url,
             )
         return self._sync
 
@@ -150,8 +184,16 @@ class StreamingRAGClient:
         loop = asyncio.get_running_loop()
         if self._async is None or (self._owns_async and self._async_loop is not loop):
             client = self._async_client or async_client(self._server)
+            events = self._async_events_client
+            if events is None and self._events_server is not None:
+                events = async_client(self._events_server)
             self._async = AsyncTransport(
-                client, self.url, int(self.retention_s * 1000), reconnect_s=self.reconnect_s
+                client,
+                self.url,
+                int(self.retention_s * 1000),
+                reconnect_s=self.reconnect_s,
+                events=events,
+                events_url=self.events_url,
             )
             self._async_loop = loop
             self._fanout = Fanout(
@@ -247,8 +289,8 @@ class StreamingRAGClient:
 
     def close(self) -> None:
         """Close the sync connection pool (if this client created it)."""
-        if self._sync is not None and self._owns_sync:
-            self._sync.close()
+        if self._sync is not None:
+            self._sync.close(queue=self._owns_sync, events=self._sync_events_client is None)
         self._sync = None
 
     def __enter__(self) -> StreamingRAGClient:
@@ -343,8 +385,10 @@ class StreamingRAGClient:
         if self._fanout is not None:
             await self._fanout.aclose()
             self._fanout = None
-        if self._async is not None and self._owns_async:
-            await self._async.aclose()
+        if self._async is not None:
+            await self._async.aclose(
+                queue=self._owns_async, events=self._async_events_client is None
+            )
         self._async = None
         self.close()
 

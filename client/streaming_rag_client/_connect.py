@@ -16,15 +16,22 @@ The sentinels are asked with `spec.sentinel_kwargs()` (the sentinel password, if
 plain TCP; the data connections get `spec.connection_kwargs()` (db, credentials, TLS). Nothing
 connects here: the first command does. Closing the client (`close()` / `aclose()`, which
 disconnect its pool) also disconnects the connections to the sentinels.
+
+Cluster URLs (events server only) give a `redis.cluster.RedisCluster` /
+`redis.asyncio.cluster.RedisCluster` seeded with the URL's nodes: it learns the slot map from
+the first node that answers, routes each command and script by its keys' slot, and follows
+MOVED (a finished resharding or failover: it refreshes the map) and ASK (a slot mid-migration).
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 
 from streaming_rag.wire import ServerSpec
@@ -51,8 +58,15 @@ class _AsyncSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool):
             await sentinel.connection_pool.disconnect(inuse_connections)
 
 
-def sync_client(spec: ServerSpec) -> redis.Redis:
-    """A `redis.Redis` for `spec`, following the primary when `spec` is a sentinel one."""
+def sync_client(spec: ServerSpec) -> Any:
+    """A `redis.Redis` for `spec`, following the primary when `spec` is a sentinel one; a
+    `redis.cluster.RedisCluster` for a cluster one."""
+    if spec.kind == "cluster":
+        node = redis.cluster.ClusterNode
+        nodes = [node(host, port) for host, port in spec.nodes]  # type: ignore[no-untyped-call]
+        return redis.cluster.RedisCluster(
+            startup_nodes=nodes, require_full_coverage=False, **spec.connection_kwargs()
+        )
     if spec.kind == "sentinel":
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(spec.sentinels), sentinel_kwargs=spec.sentinel_kwargs(), **spec.connection_kwargs()
@@ -64,9 +78,14 @@ def sync_client(spec: ServerSpec) -> redis.Redis:
     return redis.Redis(**spec.connection_kwargs())
 
 
-def async_client(spec: ServerSpec) -> redis.asyncio.Redis:
+def async_client(spec: ServerSpec) -> Any:
     """A `redis.asyncio.Redis` for `spec`, following the primary when `spec` is a sentinel
-    one."""
+    one; a `redis.asyncio.cluster.RedisCluster` for a cluster one."""
+    if spec.kind == "cluster":
+        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in spec.nodes]
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=nodes, require_full_coverage=False, **spec.connection_kwargs()
+        )
     if spec.kind == "sentinel":
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(spec.sentinels), sentinel_kwargs=spec.sentinel_kwargs(), **spec.connection_kwargs()

@@ -33,7 +33,7 @@ from streaming_rag.exceptions import InvalidRequest, JobNotFound
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, decode_entries, new_job_id, parse_request, validate_job_id
 from streaming_rag.wire.models import arq_job_record
-from streaming_rag.wire.scripts import ScriptCall, submit_call
+from streaming_rag.wire.scripts import ScriptCall, enqueue_call, submit_call
 
 __all__ = [
     "ENDED_NOW",
@@ -83,10 +83,13 @@ def status_from_check(verdict: str) -> JobStatus:
 
 @dataclass(frozen=True)
 class SubmitPlan:
-    """Everything one SUBMIT script call needs."""
+    """Everything one submit needs: `call`, the one SUBMIT when a server holds both the queue
+    and the events; `job_call` then `enqueue`, SUBMIT's two halves when they are apart."""
 
     keys: JobKeys
     call: ScriptCall
+    job_call: ScriptCall
+    enqueue: ScriptCall
 
     @property
     def job_id(self) -> str:
@@ -111,15 +114,19 @@ def plan_submit(
     start_timeout_ms = int(start_timeout_s * 1000)
     record_ttl_ms = start_timeout_ms + int(retention_s * 1000)
     record = arq_job_record(jid, request, now_ms)
-    call = submit_call(
+    args: dict[str, Any] = {
+        "record": record,
+        "now_ms": now_ms,
+        "start_timeout_ms": start_timeout_ms,
+        "record_ttl_ms": record_ttl_ms,
+        "nonce": new_job_id(),
+    }
+    return SubmitPlan(
         keys,
-        record=record,
-        now_ms=now_ms,
-        start_timeout_ms=start_timeout_ms,
-        record_ttl_ms=record_ttl_ms,
-        nonce=new_job_id(),
+        submit_call(keys, **args),
+        submit_call(keys, with_queue=False, **args),
+        enqueue_call(keys, **args),
     )
-    return SubmitPlan(keys, call)
 
 
 def stream_entries(response: Any) -> Any:

@@ -17,6 +17,14 @@ Exactly once, in order, from each subscriber's own cursor:
 4. A slow subscriber never stalls the others: its buffer is bounded; on overflow it is dropped
    from the fan-out, reads the rest from its cursor itself, and joins again.
 
+On a Redis Cluster one XREAD cannot span slots, so the fan-out keeps one reader per *bucket*
+(the jobs' hash tag, `streaming_rag.wire.keys.BUCKETS` of them): every stream of a bucket lives
+in one slot, so one blocking XREAD, on a connection to the node that owns the slot, follows
+all of a bucket's watched streams, and CLIENT UNBLOCK goes to that node. When the slot moves
+(a resharding or a failover answers the blocked read with MOVED, or ASK / TRYAGAIN while it
+is being migrated), the reader refreshes the cluster's slot map, reconnects to the slot's
+owner and reads again from the same cursors, with the transport's backoff.
+
 The reader also watches liveness: a stream with no new entry for `poll_interval_s` gets the
 CHECK script (one pipeline for all idle streams), which appends the worker-lost or queue
 ERROR when due, or reports the job missing.
@@ -48,6 +56,7 @@ from streaming_rag.wire import JobKeys, decode_entries
 from streaming_rag.wire.codec import decode_raw_entry
 
 from ._core import Follower, entry_id_key, text
+from ._outages import node_reader
 from ._transport import READ_COUNT, AsyncTransport, raw_view
 
 __all__ = ["Fanout"]
@@ -104,8 +113,25 @@ class _Watched:
         self.last_seen = now
 
 
+class _Group:
+    """One shared reader: the streams it follows (every watched stream on a single server; one
+    bucket's on a cluster), its task, its connection and that connection's CLIENT ID."""
+
+    __slots__ = ("blocked", "bucket", "conn", "conn_id", "node", "reader", "watched")
+
+    def __init__(self, bucket: int | None) -> None:
+        self.bucket = bucket
+        self.watched: dict[str, _Watched] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.conn: Any = None
+        self.conn_id: int | None = None
+        self.node: Any = None  # the cluster node `conn` is connected to
+        self.blocked = False
+
+
 class Fanout:
-    """The shared reader of one async client (one event loop)."""
+    """The shared readers of one async client (one event loop): one on a single server, one
+    per watched bucket on a cluster."""
 
     def __init__(
         self, transport: AsyncTransport, *, poll_interval_s: float, buffer_size: int = 10_000
@@ -113,17 +139,18 @@ class Fanout:
         self._t = transport
         self._poll_s = poll_interval_s
         self._buffer_size = buffer_size
-        self._watched: dict[str, _Watched] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._conn: Any = None
-        self._conn_id: int | None = None
-        self._blocked = False
+        self._groups: dict[int | None, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def watching(self) -> int:
-        """How many streams the shared reader follows now."""
-        return len(self._watched)
+        """How many streams the shared readers follow now."""
+        return sum(len(g.watched) for g in self._groups.values())
+
+    @property
+    def readers(self) -> int:
+        """How many shared readers run now (one per watched bucket on a cluster)."""
+        return sum(1 for g in self._groups.values() if g.reader is not None and not g.reader.done())
 
     # -- subscriber side ----------------------------------------------------------------------
     async def follow(
@@ -205,105 +232,139 @@ class Fanout:
         Synchronous: no entry the reader reads after this can miss the new buffer."""
         sub = _Subscriber(keys, self._buffer_size)
         stream = keys.events
-        watched = self._watched.get(stream)
+        bucket = keys.bucket if self._t.cluster else None
+        group = self._groups.get(bucket)
+        if group is None:
+            group = self._groups[bucket] = _Group(bucket)
+        watched = group.watched.get(stream)
         if watched is None:
             now = asyncio.get_running_loop().time()
-            watched = self._watched[stream] = _Watched(keys, cursor, now)
-            self._kick()
+            watched = group.watched[stream] = _Watched(keys, cursor, now)
+            self._kick(group)
         watched.subs.add(sub)
         return sub, watched.follower.cursor
 
     def _leave(self, sub: _Subscriber) -> None:
         stream = sub.keys.events
-        watched = self._watched.get(stream)
-        if watched is None:
+        group = self._groups.get(sub.keys.bucket if self._t.cluster else None)
+        watched = None if group is None else group.watched.get(stream)
+        if group is None or watched is None:
             return
         watched.subs.discard(sub)
         if not watched.subs:
-            del self._watched[stream]
+            del group.watched[stream]
 
-    def _kick(self) -> None:
-        """Start the reader, or make it re-issue its XREAD with the new stream now."""
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._run(), name="streaming-rag-fanout")
-        elif self._blocked and self._conn_id is not None:
-            task = asyncio.create_task(self._unblock())
+    def _kick(self, group: _Group) -> None:
+        """Start the group's reader, or make it re-issue its XREAD with the new stream now."""
+        if group.reader is None or group.reader.done():
+            group.reader = asyncio.create_task(self._run(group), name="streaming-rag-fanout")
+        elif group.blocked and group.conn_id is not None:
+            task = asyncio.create_task(self._unblock(group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _unblock(self) -> None:
-        conn_id = self._conn_id
-        if conn_id is not None:
-            with contextlib.suppress(Exception):
-                await self._t.client.client_unblock(conn_id)
+    async def _unblock(self, group: _Group) -> None:
+        conn_id = group.conn_id
+        if conn_id is None:
+            return
+        with contextlib.suppress(Exception):
+            if group.node is not None:  # a cluster: the node the reader is blocked on
+                await self._t.events.execute_command(
+                    "CLIENT UNBLOCK", conn_id, target_nodes=group.node
+                )
+            else:
+                await self._t.events.client_unblock(conn_id)
 
     async def aclose(self) -> None:
-        """Stop the reader (subscribers still iterating read on their own)."""
-        reader, self._reader = self._reader, None
-        if reader is not None and not reader.done():
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+        """Stop the readers (subscribers still iterating read on their own)."""
+        for group in list(self._groups.values()):
+            reader, group.reader = group.reader, None
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
 
     # -- the reader -----------------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _run(self, group: _Group) -> None:
         loop = asyncio.get_running_loop()
         block_ms = max(1, int(self._poll_s * 1000))
-        self._conn = raw_view(self._t.client, single_connection=True)  # its own connection
         try:
-            while self._watched:
-                response = await self._t.call(lambda: self._read(block_ms))
+            while group.watched:
+                response = await self._t.call(lambda: self._read(group, block_ms))
                 now = loop.time()
                 pairs = response.items() if isinstance(response, dict) else response or ()
                 for stream, entries in pairs:
-                    self._deliver(text(stream), entries, now)
-                await self._check_idle(now)
+                    self._deliver(group, text(stream), entries, now)
+                await self._check_idle(group, now)
         except _Unwatched:
             pass
         except ServerUnavailable as exc:  # down for reconnect_s: every subscriber raises it
-            for watched in self._watched.values():
+            for watched in group.watched.values():
                 for sub in list(watched.subs):
                     sub.push(_Raise(exc))
-            self._watched.clear()
+            group.watched.clear()
         except Exception as exc:  # anything else: every subscriber catches up alone
             logger.warning("fan-out reader stopped (%s); subscribers read on their own", exc)
-            for watched in self._watched.values():
+            for watched in group.watched.values():
                 for sub in list(watched.subs):
                     sub.push(_OVERFLOW)
-            self._watched.clear()
+            group.watched.clear()
         finally:
-            conn, self._conn, self._conn_id = self._conn, None, None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.aclose()
-            if self._watched:  # someone joined while this reader was leaving: start another
-                self._reader = asyncio.create_task(self._run(), name="streaming-rag-fanout")
+            await self._disconnect(group)
+            if group.watched:  # someone joined while this reader was leaving: start another
+                group.reader = asyncio.create_task(self._run(group), name="streaming-rag-fanout")
+            elif self._groups.get(group.bucket) is group:
+                del self._groups[group.bucket]
 
-    async def _read(self, block_ms: int) -> Any:
-        """One blocking XREAD of every watched stream from the reader's cursors (`_Unwatched`
+    async def _disconnect(self, group: _Group) -> None:
+        conn, group.conn, group.conn_id, group.node = group.conn, None, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+
+    async def _connect(self, group: _Group) -> Any:
+        """The group's own connection: to the server, or on a cluster to the node that owns
+        the group's slot now."""
+        if not self._t.cluster:
+            return raw_view(self._t.events, single_connection=True)
+        cluster = self._t.events
+        await cluster.initialize()  # a no-op unless a MOVED asked for a fresh slot map
+        group.node = cluster.get_node_from_key(next(iter(group.watched)))
+        return node_reader(cluster, group.node)
+
+    async def _read(self, group: _Group, block_ms: int) -> Any:
+        """One blocking XREAD of the group's streams from the reader's cursors (`_Unwatched`
         when nobody watches any more, e.g. every subscriber left during an outage). After a
         (re)connect it first learns the connection's id, for CLIENT UNBLOCK; any failure
-        forgets it, as the next attempt may reconnect."""
-        if not self._watched:
+        forgets it, as the next attempt may reconnect (on a cluster, to the slot's new
+        owner)."""
+        if not group.watched:
             raise _Unwatched
-        conn = self._conn
+        if group.conn is None:
+            group.conn = await self._connect(group)
+        conn = group.conn
         try:
-            if self._conn_id is None:
-                self._conn_id = int(await conn.client_id())
-            streams = {name: w.follower.cursor for name, w in self._watched.items()}
-            self._blocked = True
+            if group.conn_id is None:
+                group.conn_id = int(await conn.client_id())
+            streams = {name: w.follower.cursor for name, w in group.watched.items()}
+            group.blocked = True
             try:
                 return await conn.xread(streams, count=READ_COUNT, block=block_ms)
             finally:
-                self._blocked = False
+                group.blocked = False
         except BaseException as exc:
-            self._conn_id = None
-            if isinstance(exc, redis.exceptions.ResponseError) and conn.connection is not None:
+            group.conn_id = None
+            if self._t.cluster:
+                await self._disconnect(group)
+                if isinstance(exc, redis.exceptions.MovedError):
+                    with contextlib.suppress(Exception):
+                        await self._t.events.nodes_manager.initialize()
+            elif isinstance(exc, redis.exceptions.ResponseError) and conn.connection is not None:
                 await conn.connection.disconnect()  # e.g. UNBLOCKED: reconnect to the primary
             raise
 
-    def _deliver(self, stream: str, entries: list[Any], now: float) -> None:
-        watched = self._watched.get(stream)
+    def _deliver(self, group: _Group, stream: str, entries: list[Any], now: float) -> None:
+        watched = group.watched.get(stream)
         if watched is None or not entries:
             return
         follower, subs = watched.follower, watched.subs
@@ -324,10 +385,10 @@ class Fanout:
                 if not sub.push(event):
                     subs.discard(sub)  # overflowed: it catches up by itself and rejoins
         if not subs:
-            del self._watched[stream]
+            del group.watched[stream]
 
-    async def _check_idle(self, now: float) -> None:
-        idle = [w for w in self._watched.values() if now - w.last_seen >= self._poll_s]
+    async def _check_idle(self, group: _Group, now: float) -> None:
+        idle = [w for w in group.watched.values() if now - w.last_seen >= self._poll_s]
         if not idle:
             return
         verdicts = await self._t.check_many([w.follower.keys for w in idle])

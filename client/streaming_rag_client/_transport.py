@@ -20,11 +20,19 @@ reporting a duplicate. (Without the nonce only failures before the command was s
 safe to retry, and redis-py cannot tell those apart reliably: a single-connection client
 connects inside `send_packed_command`, and a pooled connection the server has just closed
 fails only on the read after the write.)
+
+Two places: `client` is the queue server's client, `events` the events server's (the same
+client unless `events_url` names another server, e.g. a Redis Cluster). With one server, a
+submit, a CHECK and a CANCEL are each one atomic script over both; apart, each is its job-side
+script on the events server, then its queue-side half (ENQUEUE after a SUBMIT that created the
+job; DEQUEUE after a CHECK or CANCEL that ended it, and the cancel PUBLISH), in that order
+(docs/wire-format.md says why each order is safe). An outage names the server it hit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,14 +41,35 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio
 
-from streaming_rag.exceptions import InvalidRequest, ServerUnavailable
-from streaming_rag.wire import JobKeys, redact_url
-from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
-from streaming_rag.wire.scripts import CANCEL, CHECK, SUBMIT, cancel_call, check_call
+from streaming_rag.wire import JobKeys
+from streaming_rag.wire.scripts import (
+    CANCEL,
+    CHECK,
+    DEQUEUE,
+    ENQUEUE,
+    SUBMIT,
+    ScriptCall,
+    cancel_call,
+    check_call,
+    dequeue_call,
+)
 
 from ._core import SubmitPlan, text
+from ._outages import (
+    DEFAULT_RECONNECT_S,
+    READ_COUNT,
+    RETRYABLE,
+    TRANSIENT_REPLIES,
+    Outages,
+    is_cluster,
+    raw_view,
+    raw_xrange,
+    raw_xread,
+    redacted,
+)
 
 __all__ = [
+    "READ_COUNT",
     "RETRYABLE",
     "TRANSIENT_REPLIES",
     "AsyncTransport",
@@ -50,132 +79,62 @@ __all__ = [
 ]
 
 logger = logging.getLogger("streaming_rag.client")
-
-READ_COUNT = 1000
-DEFAULT_RECONNECT_S = 30.0
-#: Errors that mean "not reachable right now": redis-py's ConnectionError (its BusyLoadingError,
-#: a server loading its AOF after a restart, included) and TimeoutError, and the OSErrors
-#: (ConnectionResetError, BrokenPipeError, ...) that can escape it on a reset.
-RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-#: The same replies as redis-py raises them (it strips the code from these messages).
-_TRANSIENT_ERRORS = (
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-#: ConnectionErrors that no waiting heals: raised at once.
-_FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
-#: A first contact failing with these (nothing listens there) is reported at once.
-_NEVER_REACHED = (redis.exceptions.ConnectionError, OSError)
 _T = TypeVar("_T")
+_ENDED = ("lost", "withdrawn")
 
 
-#: `url` with every password masked: `streaming_rag.wire.redact_url`, the one implementation.
-redacted = redact_url
+class _Twin:
+    """What both twins share: the two clients, the scripts, and each call's KEYS and ARGV."""
 
-
-def _raw(response: Any, **options: Any) -> Any:
-    return response
-
-
-def raw_view(client: Any, *, single_connection: bool = False) -> Any:
-    """A client on the same connection pool whose XREAD/XRANGE replies skip redis-py's
-    parsing (a dict built per entry): the wire codec decodes the raw entries itself. The
-    caller's own client object is left untouched. `single_connection`: hold one connection
-    of the pool for this view (for a blocking reader)."""
-    kind = type(client)
-    view = kind(connection_pool=client.connection_pool, single_connection_client=single_connection)
-    for command in ("XREAD", "XRANGE"):
-        view.set_response_callback(command, _raw)
-    return view
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _refusal(url: str, exc: BaseException) -> Exception | None:
-    """What a foreign error that waiting cannot heal becomes (None: it passes as it is)."""
-    if isinstance(exc, _FATAL):
-        return ServerUnavailable(redacted(url), _reason(exc))
-    if isinstance(exc, redis.exceptions.InvalidResponse):
-        why = f"the server there does not speak the Redis protocol ({_reason(exc)})"
-        return ServerUnavailable(redacted(url), why)
-    if isinstance(exc, redis.exceptions.ResponseError) and "DB index" in str(exc):
-        return InvalidRequest(
-            f"the server at {redacted(url)} has no database of the number in the URL ({exc}); "
-            "pick one below its `databases` setting (16 by default)"
-        )
-    return None
-
-
-def _is_outage(exc: Exception) -> bool:
-    """Whether `exc` means "not reachable, not ready, or changing role": retry it."""
-    if isinstance(exc, _TRANSIENT_ERRORS):
-        return True
-    if isinstance(exc, redis.exceptions.ResponseError):  # redis-py strips known codes only
-        return str(exc).startswith(TRANSIENT_REPLIES)
-    return isinstance(exc, RETRYABLE) and not isinstance(exc, ServerUnavailable)
-
-
-class _Outages:
-    """The reconnect policy of one transport, shared by its twin's retry loop: gives each
-    failing call its `Backoff` series and its waits, decides when to give up, and logs each
-    outage once."""
-
-    def __init__(self, url: str, reconnect_s: float) -> None:
+    def __init__(
+        self,
+        client: Any,
+        url: str,
+        retention_ms: int,
+        *,
+        reconnect_s: float,
+        events: Any,
+        events_url: str | None,
+    ) -> None:
+        self.client = client
+        self.events = client if events is None else events
+        self.split = events is not None and events is not client
+        self.cluster = is_cluster(self.events)
+        self.raw = raw_view(self.events)
         self.url = url
-        self.reconnect_s = reconnect_s
-        self.down_since: float | None = None  # monotonic time of the outage's first failure
-        self.ever_up = False  # whether any call has been answered yet
+        self.retention_ms = retention_ms
+        self.outages = Outages(url, reconnect_s)
+        self.event_outages = Outages(events_url or url, reconnect_s) if self.split else self.outages
+        self._submit = self.events.register_script(SUBMIT)
+        self._check = self.events.register_script(CHECK)
+        self._cancel = self.events.register_script(CANCEL)
+        self._enqueue = client.register_script(ENQUEUE)
+        self._dequeue = client.register_script(DEQUEUE)
 
-    def failed(self, backoff: Backoff | None, exc: Exception) -> Backoff:
-        """A call's attempt raised `exc`: return the call's backoff (made at its first failure)
-        when it is an outage (`RETRYABLE`, `TRANSIENT_REPLIES`); else raise what `exc` becomes
-        (see the module docstring), or `exc` itself. `ServerUnavailable` once the call has
-        been failing for `reconnect_s`."""
-        refusal = _refusal(self.url, exc)
-        if refusal is not None:
-            raise refusal from exc
-        if not _is_outage(exc):
-            raise exc
-        loading = isinstance(exc, redis.exceptions.BusyLoadingError)
-        if not self.ever_up and isinstance(exc, _NEVER_REACHED) and not loading:
-            # the first contact failed: most likely a wrong URL or a server not started yet,
-            # which the caller should hear about now, not after `reconnect_s`
-            raise ServerUnavailable(redacted(self.url), _reason(exc)) from exc
-        if backoff is None:
-            backoff = Backoff(deadline_s=self.reconnect_s)
-            if self.down_since is None:
-                self.down_since = time.monotonic()
-                logger.warning(
-                    "Redis at %s is unreachable (%s); retrying for up to %g s",
-                    redacted(self.url),
-                    _reason(exc),
-                    self.reconnect_s,
-                )
-        if backoff.expired:
-            reason = f"unreachable for {backoff.elapsed_s:.1f} s (last error: {_reason(exc)})"
-            raise ServerUnavailable(redacted(self.url), reason) from exc
-        return backoff
+    def _submit_call(self, plan: SubmitPlan) -> ScriptCall:
+        return plan.job_call if self.split else plan.call
 
-    def wait_s(self, backoff: Backoff) -> float:
-        """The wait before the call's next attempt: the series' next delay, cut at the end of
-        `reconnect_s` (so the last attempt comes when it ends)."""
-        delay = backoff.next_delay()  # starts the series' clock at the first failure
-        return max(0.0, min(delay, self.reconnect_s - backoff.elapsed_s))
+    def _check_call(self, keys: JobKeys) -> ScriptCall:
+        return check_call(keys, retention_ms=self.retention_ms, with_queue=not self.split)
 
-    def succeeded(self) -> None:
-        """A call got its answer: the outage (if any) is over."""
-        self.ever_up = True
-        if self.down_since is not None:
-            down_s = time.monotonic() - self.down_since
-            self.down_since = None
-            logger.info("Redis at %s is back after %.2f s", redacted(self.url), down_s)
+    def _cancel_call(self, keys: JobKeys) -> ScriptCall:
+        return cancel_call(keys, retention_ms=self.retention_ms, with_queue=not self.split)
+
+    def _xread(self, reply: Any) -> Any:
+        return raw_xread(reply) if self.cluster else reply
 
 
-class SyncTransport:
-    """Job operations on a `redis.Redis`, each retried through outages of up to
+def _cleanup_failed(keys: JobKeys, exc: BaseException) -> None:
+    logger.warning(
+        "job %s ended, but removing it from the queue failed (%s): a worker drops it when it "
+        "claims it",
+        keys.job_id,
+        exc,
+    )
+
+
+class SyncTransport(_Twin):
+    """Job operations on redis-py's sync clients, each retried through outages of up to
     `reconnect_s` seconds (see the module docstring)."""
 
     def __init__(
@@ -185,47 +144,73 @@ class SyncTransport:
         retention_ms: int,
         *,
         reconnect_s: float = DEFAULT_RECONNECT_S,
+        events: Any = None,
+        events_url: str | None = None,
     ) -> None:
-        self.client = client
-        self.raw = raw_view(client)
-        self.url = url
-        self.retention_ms = retention_ms
-        self.outages = _Outages(url, reconnect_s)
-        self._submit = client.register_script(SUBMIT)
-        self._check = client.register_script(CHECK)
-        self._cancel = client.register_script(CANCEL)
+        super().__init__(
+            client,
+            url,
+            retention_ms,
+            reconnect_s=reconnect_s,
+            events=events,
+            events_url=events_url,
+        )
 
-    def call(self, op: Callable[[], _T]) -> _T:
-        """`op()`, tried again after each outage error (`_Outages.failed`; waiting as `Backoff`
-        says) until it answers or has failed for `reconnect_s`; then `ServerUnavailable`."""
-        backoff: Backoff | None = None
+    def call(self, op: Callable[[], _T], *, queue: bool = False) -> _T:
+        """`op()` on the events server (`queue`: the queue server), tried again after each
+        outage error (`Outages.failed`; waiting as `Backoff` says) until it answers or has
+        failed for `reconnect_s`; then `ServerUnavailable`."""
+        outages = self.outages if queue else self.event_outages
+        backoff = None
         while True:
             try:
                 result = op()
             except (redis.exceptions.RedisError, OSError) as exc:
-                backoff = self.outages.failed(backoff, exc)
-                time.sleep(self.outages.wait_s(backoff))  # a policy's wait, not a synchronisation
+                backoff = outages.failed(backoff, exc)
+                time.sleep(outages.wait_s(backoff))  # a policy's wait, not a synchronisation
                 continue
-            self.outages.succeeded()
+            outages.succeeded()
             return result
 
     def submit(self, plan: SubmitPlan) -> bool:
-        """SUBMIT (idempotent per plan: a retry after a lost reply answers True again)."""
-        return bool(self.call(lambda: self._submit(keys=plan.call.keys, args=plan.call.args)))
+        """SUBMIT (idempotent per plan: a retry after a lost reply answers True again), then,
+        with the events apart, ENQUEUE."""
+        call = self._submit_call(plan)
+        ok = bool(self.call(lambda: self._submit(keys=call.keys, args=call.args)))
+        if ok and self.split:
+            e = plan.enqueue
+            self.call(lambda: self._enqueue(keys=e.keys, args=e.args), queue=True)
+        return ok
 
     def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
         """Raw XREAD reply (see `raw_view`)."""
-        return self.call(
-            lambda: self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+        return self._xread(
+            self.call(
+                lambda: self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+            )
         )
 
+    def _queue_side(self, keys: JobKeys, verdict: str, *, publish: bool = False) -> None:
+        """The queue half of a CHECK or CANCEL that ran on the events server alone."""
+        try:
+            if verdict in _ENDED:
+                c = dequeue_call(keys)
+                self.call(lambda: self._dequeue(keys=c.keys, args=c.args), queue=True)
+            elif publish and verdict == "requested":
+                self.call(lambda: self.client.publish(keys.cancel_channel, keys.job_id), queue=True)
+        except Exception as exc:  # best effort: see CHECK and CANCEL
+            _cleanup_failed(keys, exc)
+
     def check(self, keys: JobKeys) -> str:
-        call = check_call(keys, retention_ms=self.retention_ms)
-        return text(self.call(lambda: self._check(keys=call.keys, args=call.args)))
+        call = self._check_call(keys)
+        verdict = text(self.call(lambda: self._check(keys=call.keys, args=call.args)))
+        if self.split:
+            self._queue_side(keys, verdict)
+        return verdict
 
     def cancel(self, keys: JobKeys) -> tuple[str, bool]:
         """The CANCEL verdict, and whether it took more than one attempt."""
-        call = cancel_call(keys, retention_ms=self.retention_ms)
+        call = self._cancel_call(keys)
         attempts = 0
 
         def once() -> Any:
@@ -233,14 +218,21 @@ class SyncTransport:
             attempts += 1
             return self._cancel(keys=call.keys, args=call.args)
 
-        return text(self.call(once)), attempts > 1
+        verdict = text(self.call(once))
+        if self.split:
+            self._queue_side(keys, verdict, publish=True)
+        return verdict, attempts > 1
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self, *, queue: bool = True, events: bool = True) -> None:
+        """Close the queue client and (when apart) the events client, as asked."""
+        if queue:
+            self.client.close()
+        if events and self.split:
+            self.events.close()
 
 
-class AsyncTransport:
-    """Job operations on a `redis.asyncio.Redis`, each retried through outages of up to
+class AsyncTransport(_Twin):
+    """Job operations on redis-py's asyncio clients, each retried through outages of up to
     `reconnect_s` seconds (see the module docstring)."""
 
     def __init__(
@@ -250,64 +242,103 @@ class AsyncTransport:
         retention_ms: int,
         *,
         reconnect_s: float = DEFAULT_RECONNECT_S,
+        events: Any = None,
+        events_url: str | None = None,
     ) -> None:
-        self.client = client
-        self.raw = raw_view(client)
-        self.url = url
-        self.retention_ms = retention_ms
-        self.outages = _Outages(url, reconnect_s)
-        self._submit = client.register_script(SUBMIT)
-        self._check = client.register_script(CHECK)
-        self._cancel = client.register_script(CANCEL)
+        super().__init__(
+            client,
+            url,
+            retention_ms,
+            reconnect_s=reconnect_s,
+            events=events,
+            events_url=events_url,
+        )
 
-    async def call(self, op: Callable[[], Awaitable[_T]]) -> _T:
-        """`await op()`, tried again after each outage error (`_Outages.failed`; waiting as
-        `Backoff` says) until it answers or has failed for `reconnect_s`; then
-        `ServerUnavailable`. The fan-out reader runs its own XREAD through it too."""
-        backoff: Backoff | None = None
+    async def call(self, op: Callable[[], Awaitable[_T]], *, queue: bool = False) -> _T:
+        """`await op()` on the events server (`queue`: the queue server), tried again after
+        each outage error (`Outages.failed`; waiting as `Backoff` says) until it answers or
+        has failed for `reconnect_s`; then `ServerUnavailable`. The fan-out reader runs its
+        own XREAD through it too."""
+        outages = self.outages if queue else self.event_outages
+        backoff = None
         while True:
             try:
                 result = await op()
             except (redis.exceptions.RedisError, OSError) as exc:
-                backoff = self.outages.failed(backoff, exc)
-                await asyncio.sleep(self.outages.wait_s(backoff))  # a policy's wait
+                backoff = outages.failed(backoff, exc)
+                await asyncio.sleep(outages.wait_s(backoff))  # a policy's wait
                 continue
-            self.outages.succeeded()
+            outages.succeeded()
             return result
 
     async def submit(self, plan: SubmitPlan) -> bool:
-        """SUBMIT (idempotent per plan: a retry after a lost reply answers True again)."""
-        return bool(await self.call(lambda: self._submit(keys=plan.call.keys, args=plan.call.args)))
+        """SUBMIT (idempotent per plan: a retry after a lost reply answers True again), then,
+        with the events apart, ENQUEUE."""
+        call = self._submit_call(plan)
+        ok = bool(await self.call(lambda: self._submit(keys=call.keys, args=call.args)))
+        if ok and self.split:
+            e = plan.enqueue
+            await self.call(lambda: self._enqueue(keys=e.keys, args=e.args), queue=True)
+        return ok
 
     async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
         """Raw XREAD reply (see `raw_view`)."""
-        return await self.call(
-            lambda: self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+        return self._xread(
+            await self.call(
+                lambda: self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+            )
         )
 
     async def range_after(self, keys: JobKeys, after: str, last: str) -> Any:
         """Raw XRANGE entries in (after, last]."""
-        return await self.call(lambda: self.raw.xrange(keys.events, f"({after}", last))
+        reply = await self.call(lambda: self.raw.xrange(keys.events, f"({after}", last))
+        return raw_xrange(reply) if self.cluster else reply
+
+    async def _queue_side(self, keys: JobKeys, verdict: str, *, publish: bool = False) -> None:
+        """The queue half of a CHECK or CANCEL that ran on the events server alone."""
+        try:
+            if verdict in _ENDED:
+                c = dequeue_call(keys)
+                await self.call(lambda: self._dequeue(keys=c.keys, args=c.args), queue=True)
+            elif publish and verdict == "requested":
+                await self.call(
+                    lambda: self.client.publish(keys.cancel_channel, keys.job_id), queue=True
+                )
+        except Exception as exc:  # best effort: see CHECK and CANCEL
+            _cleanup_failed(keys, exc)
 
     async def check(self, keys: JobKeys) -> str:
-        call = check_call(keys, retention_ms=self.retention_ms)
-        return text(await self.call(lambda: self._check(keys=call.keys, args=call.args)))
+        call = self._check_call(keys)
+        verdict = text(await self.call(lambda: self._check(keys=call.keys, args=call.args)))
+        if self.split:
+            await self._queue_side(keys, verdict)
+        return verdict
 
     async def check_many(self, many: list[JobKeys]) -> list[str]:
-        """CHECK for several jobs in one round trip."""
+        """CHECK for several jobs: one round trip on a single server, concurrent calls (one
+        per job's slot) on a cluster."""
+        calls = [self._check_call(keys) for keys in many]
 
         async def once() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for keys in many:
-                    call = check_call(keys, retention_ms=self.retention_ms)
-                    await self._check(keys=call.keys, args=call.args, client=pipe)
+            if self.cluster:
+                return list(
+                    await asyncio.gather(*(self._check(keys=c.keys, args=c.args) for c in calls))
+                )
+            async with self.events.pipeline(transaction=False) as pipe:
+                for c in calls:
+                    await self._check(keys=c.keys, args=c.args, client=pipe)
                 return list(await pipe.execute())
 
-        return [text(v) for v in await self.call(once)]
+        verdicts = [text(v) for v in await self.call(once)]
+        if self.split:
+            for keys, verdict in zip(many, verdicts, strict=True):
+                if verdict in _ENDED:
+                    await self._queue_side(keys, verdict)
+        return verdicts
 
     async def cancel(self, keys: JobKeys) -> tuple[str, bool]:
         """The CANCEL verdict, and whether it took more than one attempt."""
-        call = cancel_call(keys, retention_ms=self.retention_ms)
+        call = self._cancel_call(keys)
         attempts = 0
 
         async def once() -> Any:
@@ -315,7 +346,15 @@ class AsyncTransport:
             attempts += 1
             return await self._cancel(keys=call.keys, args=call.args)
 
-        return text(await self.call(once)), attempts > 1
+        verdict = text(await self.call(once))
+        if self.split:
+            await self._queue_side(keys, verdict, publish=True)
+        return verdict, attempts > 1
 
-    async def aclose(self) -> None:
-        await self.client.aclose()
+    async def aclose(self, *, queue: bool = True, events: bool = True) -> None:
+        """Close the queue client and (when apart) the events client, as asked."""
+        if queue:
+            await self.client.aclose()
+        if events and self.split:
+            with contextlib.suppress(Exception):
+                await self.events.aclose()

@@ -1,13 +1,24 @@
-"""Key layout. Every key of one job carries the job id as a hash tag, so one job's keys share
-one Redis Cluster slot; the prefix separates deployments (and test runs) on one server.
+"""Key layout. Two places: the per-job keys live on the events server (standalone, Sentinel
+or a Redis Cluster), everything else on the queue server (standalone or Sentinel; by default
+both are the one server). The prefix separates deployments (and test runs) on one server.
 
-=============================  ======================================================
-key                            holds
-=============================  ======================================================
-``{prefix}:{<job_id>}:events``   the job's event stream (one entry per `StreamEvent`)
-``{prefix}:{<job_id>}:job``      hash: status, created_ms, nonce, start_timeout_ms,
-                                 start_deadline_ms, started_ms, finished_ms, worker, cancel
-``{prefix}:{<job_id>}:lease``    the running worker's liveness lease (short TTL)
+Every per-job key carries its job's *bucket* as a Redis Cluster hash tag (``{b<NN>}``,
+`BUCKETS` buckets, picked by CRC-32 of the job id): one job's keys share one slot, so every
+script stays within a slot, and the jobs of one bucket share a slot too, so one blocking XREAD
+can follow many streams of a bucket at once (the client's fan-out reads one bucket per read on
+a cluster, and every stream in one read on a single server).
+
+=================================  ======================================================
+key                                holds
+=================================  ======================================================
+``{prefix}:{b<NN>}:<job_id>:events``  the job's event stream (one entry per `StreamEvent`)
+``{prefix}:{b<NN>}:<job_id>:job``     hash: status, created_ms, nonce, start_timeout_ms,
+                                      start_deadline_ms, started_ms, finished_ms, worker,
+                                      cancel
+``{prefix}:{b<NN>}:<job_id>:lease``   the running worker's liveness lease (short TTL)
+
+queue server:
+
 ``{prefix}:queue``               the arq queue (sorted set of arq job ids)
 ``{prefix}:cancel``              pub/sub channel: job ids whose cancellation was asked
 ``{prefix}:wake``                list: each submit pushes its arq job id; an idle worker BLPOPs it
@@ -25,11 +36,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 from ..exceptions import InvalidRequest
 
 __all__ = [
+    "BUCKETS",
     "DEFAULT_PREFIX",
     "DEFAULT_REDIS_URL",
     "JobKeys",
@@ -41,6 +54,9 @@ __all__ = [
 DEFAULT_PREFIX = "srag"
 #: The server used when neither an argument nor `REDIS_URL` names one.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: How many hash-tag buckets the jobs spread over (so a cluster spreads them over up to this
+#: many slots, hence shards). Part of the wire contract: every party must agree.
+BUCKETS = 64
 #: arq's fixed key prefixes (`arq.constants`; a worker test pins them to arq's own values).
 ARQ_JOB_KEY_PREFIX = "arq:job:"
 ARQ_IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
@@ -73,24 +89,45 @@ def validate_prefix(prefix: object) -> str:
     return prefix
 
 
+def bucket_of(job_id: str) -> int:
+    """The job's bucket: CRC-32 of its id (UTF-8) modulo `BUCKETS`."""
+    return zlib.crc32(job_id.encode()) % BUCKETS
+
+
+def bucket_tag(bucket: int) -> str:
+    """The hash tag of a bucket's keys, braces included: ``{b07}``."""
+    return f"{{b{bucket:02d}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class JobKeys:
     """All key names of one job under one prefix."""
 
     prefix: str
     job_id: str
+    #: ``{prefix}:{b<NN>}:<job_id>``: what every per-job key starts with.
+    base: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tag = bucket_tag(bucket_of(self.job_id))
+        object.__setattr__(self, "base", f"{self.prefix}:{tag}:{self.job_id}")
+
+    @property
+    def bucket(self) -> int:
+        """The job's bucket (`bucket_of`): its keys' hash tag, hence its Cluster slot."""
+        return bucket_of(self.job_id)
 
     @property
     def events(self) -> str:
-        return f"{self.prefix}:{{{self.job_id}}}:events"
+        return self.base + ":events"
 
     @property
     def meta(self) -> str:
-        return f"{self.prefix}:{{{self.job_id}}}:job"
+        return self.base + ":job"
 
     @property
     def lease(self) -> str:
-        return f"{self.prefix}:{{{self.job_id}}}:lease"
+        return self.base + ":lease"
 
     @property
     def queue(self) -> str:

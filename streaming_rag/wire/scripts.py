@@ -17,7 +17,10 @@ Events written here are packed with Lua's ``cmsgpack`` in the wire format.
 One contract per script: each Lua source stands beside the typed function that builds its
 KEYS and ARGV from a `JobKeys` (`submit_call`, `start_call`, ...), and every caller (the
 client's twins, the worker, its publisher and its claim) goes through that function. Every
-script declares every key it touches in KEYS, so a Redis Cluster can route it.
+script declares every key it touches in KEYS, so a Redis Cluster can route it, and no script
+touches both a job's keys and the queue server's unless one server holds both: the queue-side
+halves (ENQUEUE, CLAIM, DEQUEUE) live in `queue_scripts`, and SUBMIT, CHECK and CANCEL take
+the queue keys only when the caller passes `with_queue=True` (one server).
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._lua import _END, _ID_LT, _NOW, Arg, ScriptCall
-from .keys import (
-    ARQ_IN_PROGRESS_KEY_PREFIX,
-    ARQ_JOB_KEY_PREFIX,
-    ARQ_RETRY_KEY_PREFIX,
-    JobKeys,
+from .keys import JobKeys
+from .queue_scripts import (
+    CLAIM,
+    CLAIM_KEYS_PER_JOB,
+    DEQUEUE,
+    ENQUEUE,
+    ENQUEUE_FN,
+    claim_call,
+    dequeue_call,
+    enqueue_call,
 )
 
 __all__ = [
@@ -37,6 +45,8 @@ __all__ = [
     "CHECK",
     "CLAIM",
     "CLAIM_KEYS_PER_JOB",
+    "DEQUEUE",
+    "ENQUEUE",
     "HEARTBEAT",
     "PUBLISH",
     "START",
@@ -45,20 +55,24 @@ __all__ = [
     "cancel_call",
     "check_call",
     "claim_call",
+    "dequeue_call",
+    "enqueue_call",
     "heartbeat_call",
     "publish_call",
     "start_call",
     "submit_call",
 ]
 
-#: KEYS meta, events, arq_job, queue, wake, index; ARGV arq_job_id, job_bytes, score_ms,
-#: start_timeout_ms, record_ttl_ms, nonce, job_id. Writes the same arq records as arq's
-#: `enqueue_job` (so stock arq workers run the job too), pushes the arq job id as a wake-up
-#: token for an idle worker, and indexes the job for the workers' sweep (due at its start
-#: deadline), all in one round trip. Idempotent: a retry after a lost reply finds its own
-#: `nonce` and returns 1 again. Returns 1, or 0 when another submit uses the job id.
+#: KEYS meta, events[, arq_job, queue, wake, index]; ARGV arq_job_id, job_bytes, score_ms,
+#: start_timeout_ms, record_ttl_ms, nonce, job_id. Creates the job hash (queued, with its start
+#: deadline). Given the four queue keys too (one server holds both), it also enqueues the job
+#: as ENQUEUE does, in the same atomic call; else (`with_queue=False`: the events live on
+#: another server) the caller runs ENQUEUE on the queue server next, only when this returned
+#: 1. Idempotent: a retry after a lost reply finds its own `nonce` and returns 1 again.
+#: Returns 1, or 0 when another submit uses the job id.
 SUBMIT = (
     _NOW
+    + ENQUEUE_FN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('HGET', KEYS[1], 'nonce') == ARGV[6] then return 1 end
@@ -68,12 +82,7 @@ local deadline = now + tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'created_ms', now, 'nonce', ARGV[6],
            'start_timeout_ms', ARGV[4], 'start_deadline_ms', deadline)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('RPUSH', KEYS[5], ARGV[1])
-redis.call('LTRIM', KEYS[5], -1024, -1)
-redis.call('PEXPIRE', KEYS[5], 60000)
-redis.call('ZADD', KEYS[6], deadline, ARGV[7])
+if #KEYS > 2 then enqueue(KEYS[3], KEYS[4], KEYS[5], KEYS[6], deadline) end
 return 1
 """
 )
@@ -87,22 +96,32 @@ def submit_call(
     start_timeout_ms: int,
     record_ttl_ms: int,
     nonce: str,
+    with_queue: bool = True,
 ) -> ScriptCall:
     """SUBMIT one job: its arq `record` (see `models.arq_job_record`) is queued at `now_ms`;
-    `nonce` (unique per submit) makes a retried SUBMIT answer 1 instead of a duplicate."""
+    `nonce` (unique per submit) makes a retried SUBMIT answer 1 instead of a duplicate.
+    `with_queue=False` declares the job's keys only (then `enqueue_call` follows)."""
+    queue = [keys.arq_job, keys.queue, keys.wake, keys.index] if with_queue else []
     return ScriptCall(
-        [keys.meta, keys.events, keys.arq_job, keys.queue, keys.wake, keys.index],
+        [keys.meta, keys.events, *queue],
         [keys.arq_job_id, record, now_ms, start_timeout_ms, record_ttl_ms, nonce, keys.job_id],
     )
 
 
 #: KEYS meta, lease; ARGV lease_ms, worker_name. Returns 'ok' when the job moved from queued
-#: to running (the worker owns it now), else its status ('missing' if no job hash).
+#: to running (the worker owns it now), else its status ('missing' if no job hash). A retry by
+#: the same worker after a lost reply finds the job running under its own name and its lease
+#: alive, and answers 'ok' again (so a worker can retry START through an outage).
 START = (
     _NOW
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
+if s == 'running' and redis.call('HGET', KEYS[1], 'worker') == ARGV[2]
+   and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
+  return 'ok'
+end
 if s ~= 'queued' then return s end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_ms', now, 'worker', ARGV[2])
 redis.call('PERSIST', KEYS[1])
@@ -208,29 +227,36 @@ def heartbeat_call(keys: JobKeys, *, lease_ms: int, worker: str, retention_ms: i
 
 
 #: Run by a subscriber that saw no new event for a while, and by the workers' sweep. KEYS
-#: meta, lease, events, queue, arq_job, arq_in_progress, arq_retry; ARGV arq_job_id,
-#: retention_ms. A job it ends (lost or withdrawn) also leaves arq's queue and records.
+#: meta, lease, events[, queue, arq_job, arq_in_progress, arq_retry]; ARGV arq_job_id,
+#: retention_ms. A job it ends (lost or withdrawn) also leaves arq's queue and records when the
+#: four queue keys are given (one server holds both); else (`with_queue=False`) the caller
+#: runs DEQUEUE on the queue server after a 'lost' or 'withdrawn' (best effort: a leftover
+#: queue entry finds the job ended at its CLAIM and is dropped there).
 #: Returns 'missing', 'queued', 'running', 'lost' (this call appended the worker ERROR),
 #: 'withdrawn' (this call appended the queue ERROR), or the final status.
 CHECK = (
     _NOW
     + _END
     + """
+local function dequeue()
+  if #KEYS > 3 then
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  end
+end
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s == 'running' then
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
   declare_lost(KEYS[1], KEYS[3], ARGV[2])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  dequeue()
   return 'lost'
 end
 if s == 'queued' then
   local deadline = tonumber(redis.call('HGET', KEYS[1], 'start_deadline_ms') or now)
   if now < deadline then return 'queued' end
   local waited = tonumber(redis.call('HGET', KEYS[1], 'start_timeout_ms') or 0) / 1000
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  dequeue()
   local msg = string.format('No worker picked up the job within %g s: is a worker running? '
     .. 'Start one with `streaming-rag worker --app module:factory` '
     .. '(same Redis URL and prefix), or run `streaming-rag demo`.', waited)
@@ -243,26 +269,21 @@ return s
 )
 
 
-def check_call(keys: JobKeys, *, retention_ms: int) -> ScriptCall:
-    """CHECK the job's liveness; a job it ends keeps its keys for `retention_ms`."""
-    return ScriptCall(
-        [
-            keys.meta,
-            keys.lease,
-            keys.events,
-            keys.queue,
-            keys.arq_job,
-            keys.arq_in_progress,
-            keys.arq_retry,
-        ],
-        [keys.arq_job_id, retention_ms],
-    )
+def check_call(keys: JobKeys, *, retention_ms: int, with_queue: bool = True) -> ScriptCall:
+    """CHECK the job's liveness; a job it ends keeps its keys for `retention_ms`.
+    `with_queue=False` declares the job's keys only (then `dequeue_call` follows an end)."""
+    queue = [keys.queue, keys.arq_job, keys.arq_in_progress, keys.arq_retry] if with_queue else []
+    return ScriptCall([keys.meta, keys.lease, keys.events, *queue], [keys.arq_job_id, retention_ms])
 
 
-#: KEYS meta, events, queue, arq_job; ARGV arq_job_id, retention_ms, cancel_channel, job_id.
-#: A queued job is withdrawn and ends at once; a running one is flagged and its worker told
-#: over pub/sub. Returns 'withdrawn' (queued job ended now), 'requested' (running job
-#: flagged), 'missing', or the final status of a job that had already ended.
+#: KEYS meta, events[, queue, arq_job]; ARGV arq_job_id, retention_ms, cancel_channel, job_id.
+#: A queued job is withdrawn and ends at once; a running one is flagged and, when the queue
+#: keys are given (one server holds both), its worker told over pub/sub. With
+#: `with_queue=False` the caller does the queue side next: DEQUEUE after 'withdrawn', PUBLISH
+#: on the queue server's cancel channel after 'requested' (the worker's heartbeat sees the
+#: flag within a heartbeat even if that PUBLISH is lost). Returns 'withdrawn' (queued job ended
+#: now), 'requested' (running job flagged), 'missing', or the final status of a job that had
+#: already ended.
 CANCEL = (
     _NOW
     + _END
@@ -270,15 +291,17 @@ CANCEL = (
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s == 'queued' then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('DEL', KEYS[4])
+  if #KEYS > 2 then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+    redis.call('DEL', KEYS[4])
+  end
   redis.call('XADD', KEYS[2], '*', 'e', error_event('generation', 'Cancelled', 0))
   finish(KEYS[1], KEYS[2], 'cancelled', ARGV[2])
   return 'withdrawn'
 end
 if s == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  if #KEYS > 2 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
   return 'requested'
 end
 return s
@@ -286,86 +309,11 @@ return s
 )
 
 
-def cancel_call(keys: JobKeys, *, retention_ms: int) -> ScriptCall:
-    """CANCEL the job; a job it ends keeps its keys for `retention_ms`."""
+def cancel_call(keys: JobKeys, *, retention_ms: int, with_queue: bool = True) -> ScriptCall:
+    """CANCEL the job; a job it ends keeps its keys for `retention_ms`. `with_queue=False`
+    declares the job's keys only (see CANCEL for what the caller does next)."""
+    queue = [keys.queue, keys.arq_job] if with_queue else []
     return ScriptCall(
-        [keys.meta, keys.events, keys.queue, keys.arq_job],
+        [keys.meta, keys.events, *queue],
         [keys.arq_job_id, retention_ms, keys.cancel_channel, keys.job_id],
     )
-
-
-#: Worker: claim arq jobs and start them, in one round trip (arq's `start_jobs` spends four
-#: per job: WATCH, EXISTS, ZSCORE, MULTI/EXEC; then the job's START would be a fifth).
-#: KEYS queue, then per job `CLAIM_KEYS_PER_JOB` keys: arq in-progress, arq retry, arq record,
-#: meta, lease; ARGV in_progress_ttl_ms, now_ms, lease_ms, worker_name, then one arq job id
-#: per job. A job is claimed when it is still queued in arq, due, and not in progress
-#: elsewhere; its arq in-progress key is set exactly as arq sets it. Then START runs for it.
-#: It also does what arq's `run_job` does first (INCR the try counter, GET the record), so the
-#: job can run at once. Returns a flat list: arq_job_id, score, start verdict ('ok' or the
-#: status found; 'missing' for an arq job that is not one of ours), arq record (or false),
-#: try count, ...
-CLAIM = (
-    _NOW
-    + """
-local out = {}
-for i = 5, #ARGV do
-  local id = ARGV[i]
-  local k = 1 + (i - 5) * 5
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= tonumber(ARGV[2]) then
-    if redis.call('SET', KEYS[k + 1], '1', 'NX', 'PX', ARGV[1]) then
-      local verdict = 'missing'
-      local meta, lease = KEYS[k + 4], KEYS[k + 5]
-      if meta ~= '' then
-        local s = redis.call('HGET', meta, 'status')
-        if s == 'queued' then
-          redis.call('HSET', meta, 'status', 'running', 'started_ms', now, 'worker', ARGV[4])
-          redis.call('PERSIST', meta)
-          redis.call('SET', lease, ARGV[4], 'PX', ARGV[3])
-          verdict = 'ok'
-        elseif s then
-          verdict = s
-        end
-      end
-      local tries = redis.call('INCR', KEYS[k + 2])
-      redis.call('EXPIRE', KEYS[k + 2], 88400)
-      out[#out + 1] = id
-      out[#out + 1] = score
-      out[#out + 1] = verdict
-      out[#out + 1] = redis.call('GET', KEYS[k + 3])
-      out[#out + 1] = tries
-    end
-  end
-end
-return out
-"""
-)
-
-#: How many KEYS `claim_call` declares per job (after the queue).
-CLAIM_KEYS_PER_JOB = 5
-
-
-def claim_call(
-    prefix: str,
-    queue: str,
-    arq_job_ids: Sequence[str],
-    *,
-    in_progress_ttl_ms: int,
-    now_ms: int,
-    lease_ms: int,
-    worker: str,
-) -> ScriptCall:
-    """CLAIM and START the arq jobs `arq_job_ids` of `queue` for `worker`. An arq job that is
-    not one of `prefix`'s (another function on the same queue) is claimed for arq alone: its
-    meta and lease keys are declared as empty names, which the script never touches."""
-    keys: list[str] = [queue]
-    for arq_id in arq_job_ids:
-        job = JobKeys.from_arq_job_id(prefix, arq_id)
-        keys += [
-            ARQ_IN_PROGRESS_KEY_PREFIX + arq_id,
-            ARQ_RETRY_KEY_PREFIX + arq_id,
-            ARQ_JOB_KEY_PREFIX + arq_id,
-            "" if job is None else job.meta,
-            "" if job is None else job.lease,
-        ]
-    return ScriptCall(keys, [in_progress_ttl_ms, now_ms, lease_ms, worker, *arq_job_ids])

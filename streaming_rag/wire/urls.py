@@ -9,6 +9,12 @@ hand to redis-py. Accepted forms (the same for worker, client, HTTP bridge and C
     unix://[[username]:password@]/path/to/socket[?db=N]       a Unix socket
     redis+sentinel://[[username]:password@]host[:port][,host[:port]...]/service_name[/db]
     rediss+sentinel://...                                     the same, TLS to the primary
+    redis+cluster://[[username]:password@]host[:port][,host[:port]...]   a Redis Cluster
+    rediss+cluster://...                                      the same over TLS
+
+A cluster URL lists seed nodes (any reachable ones: the client learns the whole cluster from
+the first that answers); it takes no db (a cluster has only db 0) and is accepted only where
+the per-job keys live (``events_url``), never for the queue: arq cannot run on a cluster.
 
 A sentinel URL lists the sentinels (port 26379 by default) and names the monitored service; the
 primary is asked from the sentinels at every (re)connection, so connections follow it through a
@@ -38,6 +44,7 @@ __all__ = ["ServerSpec", "parse_url", "redact_url"]
 
 STANDALONE_SCHEMES = {"redis": False, "rediss": True}  # scheme -> TLS
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
@@ -48,7 +55,9 @@ ACCEPTED = (
     "redis://[[user]:password@]host[:port][/db], rediss://... (TLS), "
     "unix://[[user]:password@]/path/to/socket[?db=N], "
     "redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db] "
-    "(rediss+sentinel://... for TLS); query options: password, db, sentinel_password"
+    "(rediss+sentinel://... for TLS), "
+    "redis+cluster://[[user]:password@]host[:port][,host[:port]...] (rediss+cluster://... for "
+    "TLS); query options: password, db, sentinel_password"
 )
 
 # `password=` / `sentinel_password=` (any key ending in "password") in a query: the value
@@ -76,19 +85,21 @@ def redact_url(url: str) -> str:
 class ServerSpec:
     """Where a server is and how to log in, parsed from a URL by `parse_url`.
 
-    `kind` is ``"standalone"`` (`host` and `port`, or the Unix socket `path`) or ``"sentinel"``
-    (`sentinels`: (host, port) pairs, and `service_name`). `db` is the database index,
+    `kind` is ``"standalone"`` (`host` and `port`, or the Unix socket `path`), ``"sentinel"``
+    (`sentinels`: (host, port) pairs, and `service_name`) or ``"cluster"`` (`nodes`: the seed
+    nodes' (host, port) pairs; `db` is always 0). `db` is the database index,
     `username` / `password` the data server's credentials, `sentinel_password` the sentinels'
     (sentinel only), `tls` whether data connections use TLS. `repr()` and `str()` mask the
     passwords; `str()` is the canonical URL with ``***`` for each password.
     """
 
-    kind: Literal["standalone", "sentinel"]
+    kind: Literal["standalone", "sentinel", "cluster"]
     host: str | None = None
     port: int | None = None
     path: str | None = None
     db: int = 0
     sentinels: tuple[tuple[str, int], ...] = ()
+    nodes: tuple[tuple[str, int], ...] = ()
     service_name: str | None = None
     username: str | None = None
     password: str | None = None
@@ -103,6 +114,9 @@ class ServerSpec:
             scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
             hosts = ",".join(f"{_netloc_host(h)}:{p}" for h, p in self.sentinels)
             where = f"{hosts}/{quote(self.service_name or '', safe='')}/{self.db}"
+        elif self.kind == "cluster":
+            scheme = "rediss+cluster" if self.tls else "redis+cluster"
+            where = ",".join(f"{_netloc_host(h)}:{p}" for h, p in self.nodes)
         elif self.path is not None:
             scheme, where = "unix", quote(self.path)
             query.append(f"db={self.db}")
@@ -117,8 +131,8 @@ class ServerSpec:
     def connection_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for a redis-py client of the data server (`redis.Redis(...)`,
         or `Sentinel(...)` / `master_for(...)` connection arguments): the address (standalone
-        only), ``db``, the credentials when given, ``ssl=True`` for TLS."""
-        kwargs: dict[str, Any] = {"db": self.db}
+        only), ``db`` (not for a cluster), the credentials when given, ``ssl=True`` for TLS."""
+        kwargs: dict[str, Any] = {} if self.kind == "cluster" else {"db": self.db}
         if self.kind == "standalone":
             if self.path is not None:
                 kwargs["unix_socket_path"] = self.path
@@ -152,7 +166,7 @@ def parse_url(url: str) -> ServerSpec:
     scheme = scheme.lower()
     if not sep:
         raise _invalid(url, "it has no scheme")
-    tls = {**STANDALONE_SCHEMES, **SENTINEL_SCHEMES}.get(scheme)
+    tls = {**STANDALONE_SCHEMES, **SENTINEL_SCHEMES, **CLUSTER_SCHEMES}.get(scheme)
     if tls is None and scheme != "unix":
         raise _invalid(url, "unknown scheme")
     try:
@@ -174,6 +188,13 @@ def parse_url(url: str) -> ServerSpec:
         return _sentinel(url, hosts, parts.path, options, tls=bool(tls), **common)
     if "sentinel_password" in options:
         raise _invalid(url, "sentinel_password is for redis+sentinel:// URLs only")
+    if scheme in CLUSTER_SCHEMES:
+        if not hosts:
+            raise _invalid(url, "no cluster node")
+        if parts.path.strip("/") or "db" in options:
+            raise _invalid(url, "a cluster URL takes no db: a cluster has only db 0")
+        nodes = tuple(_hosts(url, hosts, DEFAULT_PORT))
+        return ServerSpec("cluster", nodes=nodes, tls=bool(tls), **common)
     if scheme == "unix":
         if hosts:
             raise _invalid(url, "a unix:// URL takes no host: unix:///path/to/socket")
@@ -183,7 +204,7 @@ def parse_url(url: str) -> ServerSpec:
         return ServerSpec("standalone", path=unquote(parts.path), db=db, **common)
     (host, port), *more = _hosts(url, hosts or DEFAULT_HOST, DEFAULT_PORT)
     if more:
-        raise _invalid(url, "several hosts: only redis+sentinel:// URLs list several")
+        raise _invalid(url, "several hosts: only sentinel and cluster URLs list several")
     db = _path_db(url, parts.path.strip("/"), options)
     return ServerSpec("standalone", host=host, port=port, db=db, tls=bool(tls), **common)
 

@@ -3,11 +3,16 @@ server is lost, once when it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.exceptions import (
     BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
     ReadOnlyError,
     TryAgainError,
 )
@@ -20,7 +25,9 @@ from redis.exceptions import (
 
 from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
 
-__all__ = ["TRANSIENT_REPLIES", "Backoff", "OutageLog", "is_transient"]
+__all__ = ["TRANSIENT_REPLIES", "Backoff", "OutageLog", "is_transient", "retrying"]
+
+_T = TypeVar("_T")
 
 _TRANSIENT = (
     RedisConnectionError,  # also AuthenticationError, which is_transient sets apart
@@ -28,6 +35,8 @@ _TRANSIENT = (
     BusyLoadingError,  # a restarted server loading its data
     ReadOnlyError,  # a demoted primary: Sentinel's pools reconnect to the new one
     TryAgainError,
+    ClusterDownError,  # a cluster whose slot has no primary for now (a failover under way)
+    ClusterError,  # redis-py's cluster client out of redirects or retries (a resharding)
     ConnectionError,
     TimeoutError,
     OSError,
@@ -76,3 +85,17 @@ class OutageLog:
                 "%s: Redis is back after %.1f s", self._what, time.monotonic() - self._since
             )
             self._since = None
+
+
+async def retrying(op: Callable[[], Awaitable[_T]], *, deadline_s: float) -> _T:
+    """`await op()`, tried again after each transient error (`is_transient`) with the shared
+    `Backoff`, until it answers or has failed for `deadline_s`; then the last error. Only for
+    idempotent operations."""
+    backoff = Backoff(deadline_s=deadline_s)
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if not is_transient(exc) or backoff.expired:
+                raise
+            await asyncio.sleep(backoff.next_delay())  # a policy's wait

@@ -35,9 +35,16 @@ class WorkerConfig:
     starting worker waits for an unreachable Redis before it gives up; once running, a worker
     rides through outages of any length (see docs/operations.md). `heartbeat_s` is also the
     period of the sweep that ends jobs nobody watches (`sweeper`).
+
+    Two places: `redis_url` is the queue server (arq's keys, the wake list, the sweep index,
+    the cancel channel: standalone or Sentinel, never a cluster, as arq cannot run on one);
+    `events_url` is where every per-job key lives (event streams, job hashes, leases:
+    standalone, Sentinel, or a Redis Cluster, ``redis+cluster://``). `events_url` defaults to
+    `redis_url`: one server holds both, and every state change stays one atomic script.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
+    events_url: str | None = None
     prefix: str = DEFAULT_PREFIX
     app: str | None = None
     concurrency: int = 100
@@ -56,6 +63,7 @@ class WorkerConfig:
         except ValueError as exc:
             raise WorkerConfigError(str(exc)) from None
         _arq_settings(self._server())  # a URL arq cannot serve fails here, not at startup
+        self.events_server()
         if self.concurrency < 1:
             raise WorkerConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_events < 2:
@@ -75,13 +83,33 @@ class WorkerConfig:
         """Every field, with the passwords of `redis_url` masked."""
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         shown["redis_url"] = redact_url(self.redis_url)
+        if self.events_url is not None:
+            shown["events_url"] = redact_url(self.events_url)
         return f"WorkerConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def _server(self) -> ServerSpec:
         try:
-            return parse_url(self.redis_url)
+            spec = parse_url(self.redis_url)
         except InvalidRequest as exc:  # its message names the URL with the passwords masked
             raise WorkerConfigError(f"redis_url: {exc}") from None
+        if spec.kind == "cluster":
+            raise WorkerConfigError(
+                f"redis_url {str(spec)!r} is a cluster: the queue cannot live on a Redis "
+                "Cluster (arq cannot run on one). Give the cluster as events_url "
+                "(--events-url / STREAMING_RAG_EVENTS_URL) and a standalone or Sentinel "
+                "server as redis_url"
+            )
+        return spec
+
+    def events_server(self) -> ServerSpec | None:
+        """The events server's `ServerSpec`, or None when it is the queue server (no
+        `events_url`, or the same URL)."""
+        if self.events_url is None or self.events_url == self.redis_url:
+            return None
+        try:
+            return parse_url(self.events_url)
+        except InvalidRequest as exc:
+            raise WorkerConfigError(f"events_url: {exc}") from None
 
     def redis_settings(self) -> RedisSettings:
         """arq's `RedisSettings` for `redis_url` (every form `streaming_rag.wire.parse_url`
@@ -110,13 +138,14 @@ class WorkerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WorkerConfig:
-        """Read `REDIS_URL`, `STREAMING_RAG_APP`, `STREAMING_RAG_PREFIX`,
-        `STREAMING_RAG_CONCURRENCY`, `STREAMING_RAG_RETENTION_S`; `overrides` win (None
-        values are ignored)."""
+        """Read `REDIS_URL`, `STREAMING_RAG_EVENTS_URL`, `STREAMING_RAG_APP`,
+        `STREAMING_RAG_PREFIX`, `STREAMING_RAG_CONCURRENCY`, `STREAMING_RAG_RETENTION_S`;
+        `overrides` win (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
         names = {
             "REDIS_URL": ("redis_url", str),
+            "STREAMING_RAG_EVENTS_URL": ("events_url", str),
             "STREAMING_RAG_APP": ("app", str),
             "STREAMING_RAG_PREFIX": ("prefix", str),
             "STREAMING_RAG_CONCURRENCY": ("concurrency", int),

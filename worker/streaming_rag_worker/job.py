@@ -29,6 +29,7 @@ from streaming_rag.wire import JobKeys, encode_event
 from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
 from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_call
 
+from ._retry import retrying
 from .config import WorkerConfig
 from .publisher import JobLost, Publisher
 
@@ -56,12 +57,22 @@ class _Cancelled(Exception):
 
 
 class WorkerState:
-    """Per-process state shared by every job: config, pipeline, publisher, running jobs."""
+    """Per-process state shared by every job: config, pipeline, publisher, running jobs.
 
-    def __init__(self, config: WorkerConfig, rag: StreamingRAG, redis: Any) -> None:
+    `queue` is the queue server's client (arq's pool); `redis` is the events server's, where
+    every per-job key lives (the same client unless `events_url` names another server; then
+    `split` is True and no script may touch both).
+    """
+
+    def __init__(
+        self, config: WorkerConfig, rag: StreamingRAG, queue: Any, events: Any = None
+    ) -> None:
         self.config = config
         self.rag = rag
-        self.redis = redis
+        self.queue = queue
+        self.redis = queue if events is None else events
+        self.split = events is not None
+        redis = self.redis
         self.publisher = Publisher(
             redis, lease_ms=config.lease_ms, retention_ms=config.retention_ms
         )
@@ -138,12 +149,17 @@ async def _pump(state: WorkerState, keys: JobKeys, query: str, context: Any) -> 
 
 
 async def _start(state: WorkerState, keys: JobKeys) -> str:
-    """The job's START verdict: the one CLAIM left, or START run here (stock arq)."""
+    """The job's START verdict: the one CLAIM left, or START run here (stock arq, or the events
+    on another server than the queue). START is idempotent for one worker, so it is retried
+    through an outage of up to one lease."""
     started = state.take_start_verdict(keys.job_id)
-    if started is None:  # not claimed by StreamingWorker (stock arq runs it): START it here
+    if started is None:  # CLAIM did not start it: START it here
         cfg = state.config
         call = start_call(keys, lease_ms=cfg.lease_ms, worker=cfg.name)
-        verdict = await state.start_script(keys=call.keys, args=call.args)
+        verdict = await retrying(
+            lambda: state.start_script(keys=call.keys, args=call.args),
+            deadline_s=max(cfg.lease_s, 5.0),
+        )
         started = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
     return started
 

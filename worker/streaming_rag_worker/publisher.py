@@ -24,6 +24,10 @@ exponential backoff and jitter (`Backoff`) until the server answers; the loss an
 are each logged once. A job whose outage outlasts its lease is ended by whoever runs CHECK
 first (a subscriber or a worker's sweep) as "Worker lost", and PUBLISH then answers 0: the job
 stops here (`JobLost`). A job with more than `high_water` unsent events waits (back-pressure).
+
+On a Redis Cluster a flush sends one PUBLISH per job concurrently instead of one pipeline
+(each goes to its job's slot; redis-py follows MOVED and ASK), and a job's end waits for a
+replica of its own shard (WAIT on the job's node).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from streaming_rag.wire.ids import EntryIds, parse_entry_id
 from streaming_rag.wire.scripts import PUBLISH, publish_call
 
 from ._retry import Backoff, OutageLog, is_transient
+from .events_client import is_cluster
 
 __all__ = ["JobLost", "Publisher"]
 
@@ -112,6 +117,7 @@ class Publisher:
         replica_ack_window_s: float = 30.0,
     ) -> None:
         self._redis = redis
+        self._cluster = is_cluster(redis)
         self._script = redis.register_script(PUBLISH)
         self._lease_ms = lease_ms
         self._retention_ms = retention_ms
@@ -228,6 +234,9 @@ class Publisher:
         if self._replicas is None:
             await self._count_replicas()
         ends = [len(log.entries) for log in logs]
+        if self._cluster:
+            await self._send_each(logs, ends)
+            return
         wait = bool(self._replicas) and any(log.final_status for log in logs)
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -259,18 +268,61 @@ class Publisher:
                 continue
             self._settle(log, end, result)
 
+    def _call(self, log: _JobLog, end: int) -> Any:
+        return publish_call(
+            log.keys,
+            log.entries[log.sent : end],
+            expected_top=log.expected_top,
+            lease_ms=self._lease_ms,
+            retention_ms=self._retention_ms,
+            final_status=log.final_status if end == len(log.entries) else "",
+        )
+
+    async def _send_each(self, logs: list[_JobLog], ends: list[int]) -> None:
+        """A cluster's flush: each job's PUBLISH on its own (concurrently), a job's end then
+        WAITs for a replica of its shard. An error of any fails the whole batch, which is
+        sent again (idempotent)."""
+
+        async def one(log: _JobLog, end: int) -> tuple[Any, bool]:
+            call = self._call(log, end)
+            result = await self._script(keys=call.keys, args=call.args)
+            if not (self._replicas and call.args[1] and result == 1):
+                return result, True
+            node = self._redis.get_node_from_key(log.keys.events)
+            acks = await self._redis.execute_command(
+                "WAIT", self._replicas, self._ack_timeout_ms, target_nodes=node
+            )
+            return result, int(acks) >= self._replicas
+
+        replies = await asyncio.gather(
+            *(one(log, end) for log, end in zip(logs, ends, strict=True)), return_exceptions=True
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        self.round_trips += 1
+        for log, end, (result, acked) in zip(logs, ends, replies, strict=True):  # type: ignore[misc]
+            if not acked:
+                self._unacked(log, end)
+                continue
+            self._settle(log, end, result)
+
     async def _count_replicas(self) -> None:
         """How many replicas a job's end must reach before it counts as written: 1 when the
         server is a primary with replicas (a failover must not lose an answer's end that
         subscribers may have seen), else 0. Sticky: once a deployment has shown a replica, a
         primary that has none for a moment (a failover under way) does not lower it."""
         try:
-            info = await self._redis.info("replication")
+            if self._cluster:
+                await self._redis.initialize()
+                seen = 1 if self._redis.get_replicas() else 0
+            else:
+                info = await self._redis.info("replication")
+                seen = 1 if int(info.get("connected_slaves", 0) or 0) > 0 else 0
         except Exception as exc:
             if not is_transient(exc):
                 raise
             return  # asked again before the next send
-        seen = 1 if int(info.get("connected_slaves", 0) or 0) > 0 else 0
         self._replicas = max(self._replicas or 0, seen)
 
     def _unacked(self, log: _JobLog, end: int) -> None:

@@ -24,6 +24,7 @@ from streaming_rag.wire.keys import cancel_channel, queue_name
 from ._retry import Backoff, OutageLog
 from .app import load_app
 from .config import WorkerConfig
+from .events_client import connect_events
 from .job import JOB_FUNCTION, WorkerState, run_record
 from .streaming_worker import StreamingWorker
 from .sweeper import sweep_forever
@@ -38,7 +39,7 @@ async def _listen_for_cancels(state: WorkerState) -> None:
     channel = cancel_channel(state.config.prefix)
     backoff, outage = Backoff(), OutageLog(logger, "cancel listener")
     while True:
-        pubsub = state.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = state.queue.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(channel)
             backoff.reset()
@@ -84,14 +85,20 @@ class WorkerRuntime:
         return self._state
 
     async def startup(self, ctx: dict[str, Any]) -> None:
-        """arq's `on_startup`: load the app, start the publisher and the cancel listener."""
+        """arq's `on_startup`: load the app, connect to the events server (when `events_url`
+        names one apart from the queue server), start the publisher, the cancel listener and
+        the sweep."""
         config = self.config
         app = self._rag if self._rag is not None else load_app(config.app)
-        state = WorkerState(config, app, ctx["redis"])  # arq's own pool, under arq's own key
+        spec = config.events_server()
+        events = None if spec is None else connect_events(spec)
+        # the queue: arq's own pool, under arq's own key
+        state = WorkerState(config, app, ctx["redis"], events)
         state.publisher.start()
         self._state = state
         sweep = sweep_forever(
-            state.redis,
+            state.queue,
+            state.redis if state.split else None,
             prefix=config.prefix,
             worker=config.name,
             interval_s=config.heartbeat_s,
@@ -103,10 +110,11 @@ class WorkerRuntime:
             asyncio.create_task(sweep, name="streaming-rag-sweep"),
         ]
         logger.info(
-            "worker %s ready: prefix %r, queue %r, concurrency %d, app %s",
+            "worker %s ready: prefix %r, queue %r, events %s, concurrency %d, app %s",
             config.name,
             config.prefix,
             queue_name(config.prefix),
+            "on the queue server" if spec is None else str(spec),
             config.concurrency,
             repr(app),
         )
@@ -122,6 +130,9 @@ class WorkerRuntime:
                 await task
         if self._state is not None:
             await self._state.publisher.aclose()
+            if self._state.split:
+                with contextlib.suppress(Exception):
+                    await self._state.redis.aclose()
 
     async def job(self, ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         """The arq job function `JOB_FUNCTION`: answer one query; return its final status.

@@ -5,6 +5,8 @@ before it starts. Here, between polls, an idle worker blocks in BLPOP on the pre
 (`{prefix}:wake`), to which every submit pushes its arq job id in the same round trip as the
 enqueue. The popped id goes straight to one CLAIM script call (arq's in-progress marker, the
 job's START, the arq record and its try count), and the job runs with no further round trip.
+(With the events on another server than the queue, CLAIM cannot START the job: the job
+function STARTs it on the events server, one more round trip.)
 An idle worker costs no CPU (the server holds the BLPOP); one token wakes exactly one worker
 (no stampede); a worker at `max_jobs` takes no tokens (it waits for a free slot, leaving them
 to idle peers); `poll_delay` remains the fallback period for deferred jobs and lost tokens.
@@ -177,6 +179,7 @@ class StreamingWorker(Worker):
             now_ms=timestamp_ms(),
             lease_ms=cfg.lease_ms,
             worker=cfg.name,
+            with_start=not state.split,
         )
         claimed = await self._claim(keys=call.keys, args=call.args)
         for i in range(0, len(claimed), 5):
@@ -184,13 +187,13 @@ class StreamingWorker(Worker):
             score = int(float(claimed[i + 1]))
             keys = JobKeys.from_arq_job_id(cfg.prefix, job_id)
             verdict = claimed[i + 2].decode()
-            if keys is not None:
-                state.claimed(keys.job_id, verdict)
+            if keys is not None and verdict != "unstarted":
+                state.claimed(keys.job_id, verdict)  # else the job function STARTs it
             if claimed[i + 3] and int(claimed[i + 4]) == 1:
                 self._prefetched[job_id] = claimed[i + 3]
             await self.sem.acquire()  # never waits: at most `free` jobs were claimed
             self.job_counter += 1
-            if keys is not None and verdict == "ok" and not claimed[i + 3]:
+            if keys is not None and verdict in ("ok", "unstarted") and not claimed[i + 3]:
                 reason = "its arq record has expired or was deleted"
                 coro: Any = self._end_invalid(job_id, keys, reason)
             else:
