@@ -9,6 +9,12 @@ no server.
 `key_prefix` gives each test its own key prefix; when the test also uses the real server, every
 key under that prefix is deleted after the test (SCAN MATCH + DEL, failures ignored).
 
+Cluster mode: with `STREAMING_RAG_TEST_EVENTS=cluster`, the session starts an embedded 3-master
+Valkey Cluster (one replica each) before any test and exports its URL as
+`STREAMING_RAG_EVENTS_URL`, so every client and worker of the run keeps its per-job keys there
+while the queue stays on `redis_url` (`.ci/run`'s third pass). `events_url` gives that URL (None
+in the other modes) and `events_client` a sync client of wherever the per-job keys live.
+
 `valkey_cluster` (session) is a real 3-master Valkey Cluster with one replica per master
 (`streaming_rag_cli.embedded_cluster.EmbeddedCluster`), started on first use; `fresh_cluster`
 is a new one per test, for tests that kill nodes or move slots. Neither looks at `$REDIS_URL`.
@@ -33,6 +39,9 @@ from streaming_rag_cli.embedded import EmbeddedValkey, version
 from streaming_rag_cli.embedded_cluster import EmbeddedCluster
 
 ENV_VAR = "REDIS_URL"
+EVENTS_MODE_VAR = "STREAMING_RAG_TEST_EVENTS"
+EVENTS_URL_VAR = "STREAMING_RAG_EVENTS_URL"
+_EVENTS_CLUSTER = pytest.StashKey[EmbeddedCluster]()
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -258,3 +267,59 @@ def fresh_cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
         yield _start_cluster(cluster)
     finally:
         cluster.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Cluster mode (`STREAMING_RAG_TEST_EVENTS=cluster`): start the events cluster."""
+    mode = os.environ.get(EVENTS_MODE_VAR, "")
+    if mode not in ("", "cluster"):
+        raise pytest.UsageError(f"{EVENTS_MODE_VAR}={mode!r}: only 'cluster' is known")
+    if mode == "cluster" and not hasattr(config, "workerinput"):
+        cluster = EmbeddedCluster(masters=3, replicas=1)
+        try:
+            cluster.start()
+        except CLIError as exc:
+            raise pytest.UsageError(f"cannot start the events cluster: {exc}") from None
+        config.stash[_EVENTS_CLUSTER] = cluster
+        os.environ[EVENTS_URL_VAR] = cluster.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cluster = config.stash.get(_EVENTS_CLUSTER, None)
+    if cluster is not None:
+        os.environ.pop(EVENTS_URL_VAR, None)
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def events_url() -> str | None:
+    """The events cluster's URL in cluster mode, else None (the per-job keys live on the
+    `redis_url` server)."""
+    return os.environ.get(EVENTS_URL_VAR) or None
+
+
+@pytest.fixture
+def events_client(redis_url: str, events_url: str | None) -> Iterator[Any]:
+    """A sync client of wherever the per-job keys live: the cluster in cluster mode, else the
+    `redis_url` server."""
+    from streaming_rag.wire import parse_url
+    from streaming_rag_client._connect import sync_client
+
+    client = sync_client(parse_url(events_url or redis_url))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def aevents_client(redis_url: str, events_url: str | None) -> AsyncIterator[Any]:
+    """An asyncio client of wherever the per-job keys live (see `events_client`)."""
+    from streaming_rag.wire import parse_url
+    from streaming_rag_client._connect import async_client
+
+    client = async_client(parse_url(events_url or redis_url))
+    try:
+        yield client
+    finally:
+        await client.aclose()

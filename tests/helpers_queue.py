@@ -18,6 +18,7 @@ from streaming_rag_worker import WorkerConfig, build_worker
 from streaming_rag_worker.runner import StreamingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
+EVENTS_URL_VAR = "STREAMING_RAG_EVENTS_URL"
 
 
 async def until(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
@@ -46,7 +47,9 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0
 async def running_worker(
     redis_url: str, prefix: str, rag: StreamingRAG, **config: Any
 ) -> AsyncIterator[StreamingWorker]:
-    """An arq worker serving `rag` in this event loop; stopped (grace 0) on exit."""
+    """An arq worker serving `rag` in this event loop; stopped (grace 0) on exit. Its events
+    go where `$STREAMING_RAG_EVENTS_URL` says (the tests' cluster mode) unless `config` says."""
+    config.setdefault("events_url", os.environ.get(EVENTS_URL_VAR) or None)
     cfg = WorkerConfig(redis_url=redis_url, prefix=prefix, **config)
     worker = build_worker(cfg, rag=rag, handle_signals=False, poll_delay=0.05)
     task = asyncio.create_task(worker.async_run())
@@ -60,7 +63,9 @@ async def running_worker(
 
 
 def spawn_worker(redis_url: str, prefix: str, app: str, **config: Any) -> subprocess.Popen[bytes]:
-    """`streaming-rag worker` in a subprocess (the CLI when present, else arq's runner)."""
+    """`streaming-rag worker` in a subprocess (the CLI when present, else arq's runner). Its
+    events go where `$STREAMING_RAG_EVENTS_URL` says unless `config` says."""
+    config.setdefault("events_url", os.environ.get(EVENTS_URL_VAR) or None)
     args = [
         sys.executable,
         "-c",

@@ -113,25 +113,25 @@ async def test_replay_speed_zero_is_the_trace(served):
     assert replayed == live
 
 
-async def test_status_and_retention_ttl(served, redis_client):
+async def test_status_and_retention_ttl(served, events_client):
     job_id = await served.asubmit("ttl")
     _ = [e async for e in served.aevents(job_id)]
     assert await served.astatus(job_id) is JobStatus.DONE
     keys = JobKeys(served.prefix, job_id)
     for key in (keys.events, keys.meta):
-        ttl = redis_client.pttl(key)
+        ttl = events_client.pttl(key)
         assert 0 < ttl <= 3600 * 1000
-    assert redis_client.exists(keys.lease) == 0
+    assert events_client.exists(keys.lease) == 0
     assert await served.astatus("no-such-job") is JobStatus.NOT_FOUND
 
 
-async def test_duplicate_job_id_is_refused_not_run_twice(served, redis_client):
+async def test_duplicate_job_id_is_refused_not_run_twice(served, events_client):
     await served.asubmit("once", job_id="fixed-id")
     with pytest.raises(DuplicateJob, match="fixed-id"):
         await served.asubmit("twice", job_id="fixed-id")
     events = [e async for e in served.aevents("fixed-id")]
     assert events[0].data == {"query": "once"}
-    assert redis_client.xlen(JobKeys(served.prefix, "fixed-id").events) == len(expected_types())
+    assert events_client.xlen(JobKeys(served.prefix, "fixed-id").events) == len(expected_types())
 
 
 async def test_unknown_job_raises_job_not_found(served):
@@ -163,9 +163,9 @@ async def test_async_unreachable_server_names_the_url():
     await rag.aclose()
 
 
-async def test_a_corrupt_entry_gives_the_decode_error(served, aredis_client):
-    bad_id = await aredis_client.xadd(JobKeys(served.prefix, "bad-stream").events, {"e": b"\xc1"})
-    await aredis_client.hset(JobKeys(served.prefix, "bad-stream").meta, "status", "running")
+async def test_a_corrupt_entry_gives_the_decode_error(served, aevents_client):
+    bad_id = await aevents_client.xadd(JobKeys(served.prefix, "bad-stream").events, {"e": b"\xc1"})
+    await aevents_client.hset(JobKeys(served.prefix, "bad-stream").meta, "status", "running")
     with pytest.raises(EventDecodeError) as info:
         _ = [e async for e in served.aevents("bad-stream")]
     assert info.value.job_id == "bad-stream"

@@ -80,7 +80,7 @@ def test_a_job_no_worker_picks_up_ends_with_the_queue_error(redis_url, key_prefi
 
 
 async def test_a_worker_killed_mid_answer_ends_every_subscriber_with_worker_lost(
-    redis_url, key_prefix, client, redis_client
+    redis_url, key_prefix, client, events_client
 ):
     proc = spawn_worker(
         redis_url, key_prefix, "tests.queue_apps:stalled_app", lease_s=1.0, heartbeat_s=0.3
@@ -111,7 +111,7 @@ async def test_a_worker_killed_mid_answer_ends_every_subscriber_with_worker_lost
     replay = [e async for e in client.aevents(job_id)]
     assert replay == results[0]
     assert await client.astatus(job_id) is JobStatus.FAILED
-    assert redis_client.pttl(JobKeys(key_prefix, job_id).events) > 0
+    assert events_client.pttl(JobKeys(key_prefix, job_id).events) > 0
 
 
 async def test_sigterm_gives_running_jobs_the_grace_period_then_ends_them(

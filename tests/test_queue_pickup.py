@@ -33,7 +33,7 @@ async def test_a_submit_wakes_an_idle_worker_without_waiting_for_its_poll(redis_
 
 
 async def test_a_full_worker_leaves_the_wake_up_to_an_idle_peer(
-    redis_url, key_prefix, aredis_client
+    redis_url, key_prefix, aredis_client, aevents_client
 ):
     busy_llm = GatedLLM()
     async with running_worker(redis_url, key_prefix, make_rag(busy_llm), concurrency=1) as a:
@@ -52,7 +52,7 @@ async def test_a_full_worker_leaves_the_wake_up_to_an_idle_peer(
                 events = [e async for e in client.aevents(second)]
                 assert events[-1].type is EventType.GENERATION_DONE
                 assert await aredis_client.llen(wake_key(key_prefix)) == 0  # B took the token
-                meta = await aredis_client.hgetall(JobKeys(key_prefix, second).meta)
+                meta = await aevents_client.hgetall(JobKeys(key_prefix, second).meta)
                 assert meta[b"worker"].decode() == b.runtime.config.name
             assert await client.astatus(first) is JobStatus.RUNNING
             assert busy_llm.release is not None

@@ -15,7 +15,7 @@ WORDS = [f"w{i}" for i in range(200)]
 
 
 async def test_concurrent_jobs_are_coalesced_yet_each_stream_is_exact(
-    redis_url, key_prefix, aredis_client
+    redis_url, key_prefix, aevents_client
 ):
     async with running_worker(redis_url, key_prefix, make_rag(WordsLLM(WORDS))) as worker:
         rag = StreamingRAGClient(redis_url, prefix=key_prefix)
@@ -35,8 +35,8 @@ async def test_concurrent_jobs_are_coalesced_yet_each_stream_is_exact(
         assert sum(e.is_terminal for e in events) == 1
         assert len({e.id for e in events}) == len(events)  # exactly once
         keys = JobKeys(key_prefix, job_id)
-        assert await aredis_client.xlen(keys.events) == len(events)
-        assert await aredis_client.pttl(keys.events) > 0  # retention set with the terminal
+        assert await aevents_client.xlen(keys.events) == len(events)
+        assert await aevents_client.pttl(keys.events) > 0  # retention set with the terminal
     total = 30 * (len(WORDS) + 4)
     assert publisher.events_sent == total
     assert publisher.round_trips < total / 4  # many events per round trip

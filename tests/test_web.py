@@ -186,6 +186,12 @@ async def test_cancel_ends_the_event_stream_with_the_cancelled_error(redis_url, 
             "status": "cancelled",
             "answer": "t0 t1 ",
             "error": CANCELLED,
+            # GatedLLM reports no usage: the worker counted the chunks it generated
+            "prompt_tokens": None,
+            "completion_tokens": 2,
+            "usage_source": "counted",
+            "model": None,
+            "finish_reason": "cancelled",
         }
         again = await stack.http.delete(f"/answers/{job_id}")
         assert again.json() == {"cancelled": False}  # it had already ended
@@ -206,7 +212,16 @@ async def test_status_shows_the_answer_once_done(redis_url, key_prefix):
             assert (await messages(items))[-1].event == "generation_done"
         done = await stack.http.get(f"/answers/{job_id}")
         assert done.status_code == 200
-        assert done.json() == {"job_id": job_id, "status": "done", "answer": "t0 t1 end"}
+        assert done.json() == {
+            "job_id": job_id,
+            "status": "done",
+            "answer": "t0 t1 end",
+            "prompt_tokens": None,
+            "completion_tokens": 3,
+            "usage_source": "counted",
+            "model": None,
+            "finish_reason": None,
+        }
 
 
 async def test_keep_alive_comments_flow_while_a_job_stalls(redis_url, key_prefix):

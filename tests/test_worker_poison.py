@@ -106,27 +106,28 @@ async def _zcard_is(r: Any, key: str, n: int) -> bool:
 
 
 async def test_the_sweep_ends_a_job_whose_worker_died_while_nobody_watched(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, aevents_client: Any
 ) -> None:
     """A job started by a worker that then vanished (its lease expires) and that no subscriber
     follows: a live worker's sweep appends "Worker lost", sets the retention TTL and clears
     arq's records, with nobody calling CHECK by hand."""
-    r = redis.asyncio.Redis.from_url(redis_url)
+    r = redis.asyncio.Redis.from_url(redis_url)  # the queue server
+    ev = aevents_client  # where the job's own keys live
     client = StreamingRAGClient(redis_url, prefix=key_prefix, start_timeout=WAIT_S)
     try:
         job_id = await client.asubmit("orphan")
         keys = JobKeys(key_prefix, job_id)
         await r.zrem(keys.queue, keys.arq_job_id)  # taken by a worker that then died:
         call = start_call(keys, lease_ms=200, worker="ghost")  # START with a short lease
-        assert await r.eval(START, len(call.keys), *call.keys, *call.args) == b"ok"
+        assert await ev.eval(START, len(call.keys), *call.keys, *call.args) == b"ok"
         await r.zadd(index_key(key_prefix), {job_id: 0})  # due now
         async with running_worker(redis_url, key_prefix, make_rag(), heartbeat_s=0.1):
-            await until(lambda: _status_is(r, keys, b"failed"), "the sweep to end the job")
+            await until(lambda: _status_is(ev, keys, b"failed"), "the sweep to end the job")
         events = [e async for e in client.aevents(job_id)]
         assert [e.data for e in events if e.is_terminal] == [
             {"stage": "worker", "msg": "Worker lost"}
         ]
-        assert await r.ttl(keys.meta) > 0 and await r.ttl(keys.events) > 0
+        assert await ev.ttl(keys.meta) > 0 and await ev.ttl(keys.events) > 0
         assert not await r.exists(keys.arq_job, keys.arq_in_progress, keys.arq_retry)
         assert await r.zscore(index_key(key_prefix), job_id) is None
         assert await client.astatus(job_id) is JobStatus.FAILED

@@ -71,7 +71,9 @@ def worker_app(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
     else `--docs` selects `FOLDER_APP`; else `--app` (None: `$STREAMING_RAG_APP` decides).
     """
     if args.llm_model:
-        env = {var: getattr(args, dest) for dest, var in LLM_ENV.items() if getattr(args, dest)}
+        env = {
+            var: str(getattr(args, dest)) for dest, var in LLM_ENV.items() if getattr(args, dest)
+        }
         if args.docs:
             env["STREAMING_RAG_DOCS"] = args.docs
         return LLM_APP, env

@@ -15,7 +15,7 @@ from typing import Any
 from streaming_rag import EventType, StreamEvent
 
 from ._printing import EventPrinter
-from ._settings import setup_logging
+from ._settings import events_url, setup_logging
 
 __all__ = ["cmd_demo"]
 
@@ -29,6 +29,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .embedded import EmbeddedValkey
 
     url = None if args.embedded else (args.redis_url or os.environ.get("REDIS_URL"))
+    events = None if url is None else events_url(args)
     server = None
     if url is None:
         server = EmbeddedValkey().start()
@@ -36,17 +37,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[embedded Valkey started at {url}]", flush=True)
     try:
         question = args.question or SAMPLE_QUESTION
-        return asyncio.run(_demo(url, question, args.replay_speed, args.prefix))
+        return asyncio.run(_demo(url, events or url, question, args.replay_speed, args.prefix))
     finally:
         if server is not None:
             server.stop()
             print("[embedded Valkey stopped]", flush=True)
 
 
-async def _demo(url: str, question: str, replay_speed: float, given_prefix: str | None) -> int:
-    """The demo on `url`. Under `given_prefix` (``--prefix``) the job's keys stay for their
-    retention period, like any job's; under the default random prefix, every key the demo
-    made is deleted at the end."""
+async def _demo(
+    url: str, events: str, question: str, replay_speed: float, given_prefix: str | None
+) -> int:
+    """The demo on `url`, its per-job keys on `events` (the same URL unless
+    ``--events-url`` / `$STREAMING_RAG_EVENTS_URL` names another server). Under
+    `given_prefix` (``--prefix``) the job's keys stay for their retention period, like any
+    job's; under the default random prefix, every key the demo made on the queue server is
+    deleted at the end (on a separate events server they expire with the retention TTL)."""
     from streaming_rag_client import StreamingRAGClient
     from streaming_rag_worker import WorkerConfig, build_worker
     from streaming_rag_worker.demo_app import demo_app
@@ -54,12 +59,19 @@ async def _demo(url: str, question: str, replay_speed: float, given_prefix: str 
     out = sys.stdout
     # a random prefix never collides with a real deployment's
     prefix = given_prefix or f"srag-demo-{uuid.uuid4().hex[:8]}"
-    config = WorkerConfig(redis_url=url, prefix=prefix, concurrency=4, shutdown_grace_s=0.0)
+    config = WorkerConfig(
+        redis_url=url, events_url=events, prefix=prefix, concurrency=4, shutdown_grace_s=0.0
+    )
     worker = build_worker(config, rag=demo_app(), handle_signals=False, poll_delay=0.05)
     worker_task = asyncio.create_task(worker.async_run(), name="streaming-rag-demo-worker")
     print(f"[worker running in this process, prefix {prefix!r}]", flush=True)
     # a server that dies under the demo ends it in a few seconds, with one line
-    opts: dict[str, Any] = {"start_timeout": 10.0, "poll_interval_s": 0.25, "reconnect_s": 3.0}
+    opts: dict[str, Any] = {
+        "start_timeout": 10.0,
+        "poll_interval_s": 0.25,
+        "reconnect_s": 3.0,
+        "events_url": events,
+    }
     a = StreamingRAGClient(url, prefix=prefix, **opts)
     b = StreamingRAGClient(url, prefix=prefix, **opts)
     try:

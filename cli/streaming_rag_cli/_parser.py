@@ -180,6 +180,13 @@ def _add_worker(sub: Any) -> None:
         help="the API key (default: $STREAMING_RAG_LLM_API_KEY, which, unlike a flag, "
         "other users cannot see in `ps`)",
     )
+    llm.add_argument(
+        "--llm-max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="stop each answer after N tokens (sets $STREAMING_RAG_LLM_MAX_TOKENS; default: "
+        "the server's limit)",
+    )
     _add_common(p)
     _add_log_format(p)
     p.set_defaults(func=cmd_worker, check=_check_worker)
@@ -188,7 +195,8 @@ def _add_worker(sub: Any) -> None:
 def _check_worker(args: argparse.Namespace) -> str | None:
     """The usage error in a `worker` command line that argparse cannot see, if any."""
     if args.llm_model is None:
-        given = [flag for flag in ("--llm-base-url", "--llm-api-key") if _given(args, flag)]
+        flags = ("--llm-base-url", "--llm-api-key", "--llm-max-tokens")
+        given = [flag for flag in flags if _given(args, flag)]
         if given:
             verb = "needs" if len(given) == 1 else "need"
             return f"{' and '.join(given)} {verb} --llm-model NAME, which selects {LLM_APP}"

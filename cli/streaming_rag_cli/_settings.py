@@ -40,6 +40,7 @@ LLM_ENV = {
     "llm_base_url": "STREAMING_RAG_LLM_BASE_URL",
     "llm_model": "STREAMING_RAG_LLM_MODEL",
     "llm_api_key": "STREAMING_RAG_LLM_API_KEY",
+    "llm_max_tokens": "STREAMING_RAG_LLM_MAX_TOKENS",
 }
 
 #: The web app's secret for signed capability links (`streaming_rag_client.web`).
@@ -77,6 +78,7 @@ ENV_VARS = {
     "STREAMING_RAG_LLM_BASE_URL": f"{LLM_APP}: OpenAI-compatible API base URL",
     "STREAMING_RAG_LLM_MODEL": f"{LLM_APP}: model name",
     "STREAMING_RAG_LLM_API_KEY": f"{LLM_APP}: API key",
+    "STREAMING_RAG_LLM_MAX_TOKENS": f"{LLM_APP}: max tokens per answer",
     SECRET_ENV: "serve: secret (16+ bytes) signing the per-job links POST /answers returns; "
     "watching and cancelling then need them (unset: anyone reaching the server may)",
 }

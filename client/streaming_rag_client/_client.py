@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Generator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Literal, overload
 
 import redis
 import redis.asyncio
@@ -29,12 +29,15 @@ from streaming_rag.wire.keys import DEFAULT_REDIS_URL
 
 from ._connect import async_client, sync_client
 from ._core import (
+    USAGE_FIELDS,
     Follower,
+    JobDetails,
     JobStatus,
     SubmitPlan,
     afollow,
     cancel_succeeded,
     check_speed,
+    details_from_fields,
     follow,
     plan_submit,
     replay_delay,
@@ -282,10 +285,23 @@ class StreamingRAGClient:
             raise JobNotFound(job_id, self.prefix)
         return cancel_succeeded(verdict, retried=retried)
 
-    def status(self, job_id: str) -> JobStatus:
+    @overload
+    def status(self, job_id: str, *, details: Literal[False] = False) -> JobStatus: ...
+    @overload
+    def status(self, job_id: str, *, details: Literal[True]) -> JobDetails: ...
+    def status(self, job_id: str, *, details: bool = False) -> JobStatus | JobDetails:
         """queued, running, done, failed, cancelled or not found (also settles a job whose
-        worker died or that no worker picked up in time)."""
-        return status_from_check(self._sync_transport().check(self._keys(job_id)))
+        worker died or that no worker picked up in time). With ``details=True``, a
+        `JobDetails`: the status plus the token usage, model and finish reason its worker
+        recorded as the job ended (None where absent)."""
+        t = self._sync_transport()
+        keys = self._keys(job_id)
+        status = status_from_check(t.check(keys))
+        if not details:
+            return status
+        if status is JobStatus.NOT_FOUND:
+            return JobDetails(status)
+        return details_from_fields(status, t.call(lambda: t.events.hmget(keys.meta, USAGE_FIELDS)))
 
     def close(self) -> None:
         """Close the sync connection pool (if this client created it)."""
@@ -376,9 +392,21 @@ class StreamingRAGClient:
             raise JobNotFound(job_id, self.prefix)
         return cancel_succeeded(verdict, retried=retried)
 
-    async def astatus(self, job_id: str) -> JobStatus:
+    @overload
+    async def astatus(self, job_id: str, *, details: Literal[False] = False) -> JobStatus: ...
+    @overload
+    async def astatus(self, job_id: str, *, details: Literal[True]) -> JobDetails: ...
+    async def astatus(self, job_id: str, *, details: bool = False) -> JobStatus | JobDetails:
         """Async `status`."""
-        return status_from_check(await self._async_transport().check(self._keys(job_id)))
+        t = self._async_transport()
+        keys = self._keys(job_id)
+        status = status_from_check(await t.check(keys))
+        if not details:
+            return status
+        if status is JobStatus.NOT_FOUND:
+            return JobDetails(status)
+        values = await t.call(lambda: t.events.hmget(keys.meta, USAGE_FIELDS))
+        return details_from_fields(status, values)
 
     async def aclose(self) -> None:
         """Close the async connection pool (if this client created it) and the sync one."""

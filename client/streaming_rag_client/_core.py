@@ -23,7 +23,7 @@ Outages are the transports' business: each call is retried from the same cursor 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -40,11 +40,14 @@ __all__ = [
     "FINAL_STATUSES",
     "AsyncReads",
     "Follower",
+    "JobDetails",
     "JobStatus",
+    "USAGE_FIELDS",
     "SyncReads",
     "SubmitPlan",
     "afollow",
     "cancel_succeeded",
+    "details_from_fields",
     "entry_id_key",
     "follow",
     "replay_delay",
@@ -64,6 +67,80 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     NOT_FOUND = "not found"
+
+
+#: The job-hash fields a worker records as a job ends (``streaming_rag_worker.usage``), in the
+#: order `details_from_fields` reads them.
+USAGE_FIELDS = (
+    "usage_prompt_tokens",
+    "usage_completion_tokens",
+    "usage_source",
+    "model",
+    "finish_reason",
+)
+
+
+@dataclass(frozen=True)
+class JobDetails:
+    """A job's status and what its worker recorded when it ended; None where absent (the
+    job has not ended, is unknown, or its worker recorded nothing).
+
+    `usage_source` is ``reported`` when the token counts are the model server's, ``counted``
+    when `completion_tokens` is the number of text chunks the worker saw (an LLM without usage
+    reports, or a stream cut short by a cancellation or an error: tokens counted so far).
+    `finish_reason` is the model's (``stop``, ``length``, ...), else ``cancelled`` or
+    ``error`` for a job that ended so.
+    """
+
+    status: JobStatus
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    usage_source: str | None = None
+    model: str | None = None
+    finish_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (`status` as its string)."""
+        return {
+            "status": self.status.value,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_source": self.usage_source,
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+        }
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: Any) -> int | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if number >= 0 else None
+
+
+def details_from_fields(status: JobStatus, values: Sequence[Any]) -> JobDetails:
+    """`JobDetails` from an HMGET of `USAGE_FIELDS` (bytes or str values, None for absent
+    ones; malformed counts read as None)."""
+    got = list(values) + [None] * (len(USAGE_FIELDS) - len(values))
+    prompt, completion, source, model, finish = got[: len(USAGE_FIELDS)]
+    return JobDetails(
+        status,
+        prompt_tokens=_count(prompt),
+        completion_tokens=_count(completion),
+        usage_source=_text(source),
+        model=_text(model),
+        finish_reason=_text(finish),
+    )
 
 
 def cancel_succeeded(verdict: str, *, retried: bool) -> bool:

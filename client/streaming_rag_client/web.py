@@ -184,11 +184,15 @@ class _Bridge:
 
     async def answer(self, request: Request) -> Response:
         job_id = await self.job_id(request, "status")
-        status = await self.rag.astatus(job_id)
+        details = await self.rag.astatus(job_id, details=True)
+        status = details.status
         if status is JobStatus.NOT_FOUND:
             raise JobNotFound(job_id, self.rag.prefix)
         body: dict[str, Any] = {"job_id": job_id, "status": status.value}
         if status in _ENDED:
+            # what the worker recorded as the job ended (null where it recorded nothing):
+            # prompt_tokens, completion_tokens, usage_source, model, finish_reason
+            body.update(details.as_dict())
             chunks: list[str] = []
             async with aclosing(self.rag.aevents(job_id)) as events:
                 async for event in events:

@@ -14,6 +14,13 @@ LM Studio: point `base_url` at the server's ``/v1``.
   error or invalid JSON in the stream) are re-raised as `streaming_rag.exceptions.LLMError`,
   whose message names the server, the model and the status or reason; the SDK's exception is
   its ``__cause__``.
+- Usage: the request asks for the server's usage report (``stream_options:
+  {"include_usage": true}``, turned off with ``include_usage=False``). While it streams, the
+  adapter fills the `Usage` of the running context (`streaming_rag.llms.usage.current_usage`,
+  when a caller collects it) and `last_usage`: the model name and finish reason from the
+  chunks, the reported prompt and completion tokens, or, until a report arrives (a cancelled
+  or failed stream never gets one), the text chunks yielded so far as `completion_tokens`
+  (``reported=False``).
 - Clients are created on first use and reused: one sync client, and one async client per
   running event loop (an httpx connection pool belongs to the loop that opened it; clients of
   loops that have since closed are dropped). `close()` / `aclose()` release them.
@@ -28,6 +35,7 @@ from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError, LLMError
+from .usage import Usage, current_usage
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI, OpenAI
@@ -67,6 +75,26 @@ def _delta_text(chunk: Any) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def _note(chunk: Any, usage: Usage) -> None:
+    """Record what a chunk tells about the call: the model, a finish reason, the usage."""
+    model = getattr(chunk, "model", None)
+    if isinstance(model, str) and model:
+        usage.model = model
+    choices = getattr(chunk, "choices", None)
+    if choices:
+        reason = getattr(choices[0], "finish_reason", None)
+        if isinstance(reason, str) and reason:
+            usage.finish_reason = reason
+    report = getattr(chunk, "usage", None)
+    if report is not None:
+        prompt = getattr(report, "prompt_tokens", None)
+        completion = getattr(report, "completion_tokens", None)
+        if isinstance(completion, int):
+            usage.completion_tokens = completion
+            usage.prompt_tokens = prompt if isinstance(prompt, int) else None
+            usage.reported = True
+
+
 def _cause(exc: BaseException) -> str:
     """The most specific reason behind an SDK connection error (httpx's message)."""
     inner = exc.__cause__ or exc.__context__
@@ -84,7 +112,9 @@ class OpenAICompatibleLLM:
     default) and `max_retries` (the SDK retries connection errors, 408/409/429 and 5xx before
     the stream starts) configure the clients. Every other keyword (``temperature``,
     ``max_tokens``, ``top_p``, ``stop``, ``seed``, ``extra_body``, ...) is passed to
-    ``chat.completions.create`` unchanged.
+    ``chat.completions.create`` unchanged. `include_usage` (default True) asks the server for
+    its usage report (``stream_options.include_usage``); `last_usage` is the `Usage` of the
+    latest stream (the context's holder, see `streaming_rag.llms.usage`, gets the same).
 
     Satisfies both `AsyncStreamableLLM` and `SyncStreamableLLM`, so `StreamingRAG` uses
     `astream`. The key never appears in `repr`.
@@ -99,6 +129,7 @@ class OpenAICompatibleLLM:
         system_prompt: str | None = None,
         timeout: float | None = None,
         max_retries: int = 2,
+        include_usage: bool = True,
         **params: Any,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
@@ -121,6 +152,9 @@ class OpenAICompatibleLLM:
         self.timeout = timeout
         self.max_retries = max_retries
         self.params: dict[str, Any] = dict(params)
+        self.include_usage = bool(include_usage)
+        #: The `Usage` of the latest stream started (filled while it runs); None before any.
+        self.last_usage: Usage | None = None
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
         self._lock = threading.Lock()
         self._sync_client: OpenAI | None = None
@@ -178,7 +212,22 @@ class OpenAICompatibleLLM:
         messages = [{"role": "user", "content": prompt}]
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
-        return {**self.params, "model": self.model, "messages": messages, "stream": True}
+        request = {**self.params, "model": self.model, "messages": messages, "stream": True}
+        if self.include_usage:
+            options = request.get("stream_options")
+            merged = dict(options) if isinstance(options, dict) else {}
+            merged.setdefault("include_usage", True)
+            request["stream_options"] = merged
+        return request
+
+    def _usage(self) -> Usage:
+        """The holder this stream fills: the context's, else a private one."""
+        usage = current_usage()
+        if usage is None:
+            usage = Usage()
+        usage.model = usage.model or self.model
+        self.last_usage = usage
+        return usage
 
     def _error(self, exc: Exception, *, chunks: int | None) -> LLMError:
         """Translate an SDK failure; `chunks` (texts yielded) is None before the response
@@ -225,11 +274,15 @@ class OpenAICompatibleLLM:
         except errors as exc:
             raise self._error(exc, chunks=None) from exc
         chunks = 0
+        usage = self._usage()
         try:
             for chunk in response:
+                _note(chunk, usage)
                 text = _delta_text(chunk)
                 if text:
                     chunks += 1
+                    if not usage.reported:
+                        usage.completion_tokens = chunks
                     yield text
         except errors as exc:
             raise self._error(exc, chunks=chunks) from exc
@@ -245,11 +298,15 @@ class OpenAICompatibleLLM:
         except errors as exc:
             raise self._error(exc, chunks=None) from exc
         chunks = 0
+        usage = self._usage()
         try:
             async for chunk in response:
+                _note(chunk, usage)
                 text = _delta_text(chunk)
                 if text:
                     chunks += 1
+                    if not usage.reported:
+                        usage.completion_tokens = chunks
                     yield text
         except errors as exc:
             raise self._error(exc, chunks=chunks) from exc

@@ -29,6 +29,7 @@ from streaming_rag.wire import JobKeys, encode_event
 from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
 from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_call
 
+from . import usage
 from ._retry import retrying
 from .config import WorkerConfig
 from .publisher import JobLost, Publisher
@@ -125,8 +126,11 @@ async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
             state.request_cancel(keys.job_id)
 
 
-async def _pump(state: WorkerState, keys: JobKeys, query: str, context: Any) -> tuple[bytes, str]:
-    """Publish every event; return the encoded terminal event and the final status."""
+async def _pump(
+    state: WorkerState, keys: JobKeys, query: str, context: Any, used: usage.Usage
+) -> tuple[bytes, str]:
+    """Publish every event; return the encoded terminal event and the final status. CHUNK
+    events are counted into `used`."""
     publisher, cap = state.publisher, state.config.max_events
     count = 0
     t0 = time.perf_counter()
@@ -137,6 +141,8 @@ async def _pump(state: WorkerState, keys: JobKeys, query: str, context: Any) -> 
             if final is not None:
                 return payload, final
             count += 1
+            if event.type is EventType.CHUNK:
+                used.chunks += 1
             if count >= cap:
                 msg = f"Event limit reached: the job produced more than {cap} events"
                 latency = round(time.perf_counter() - t0, 4)
@@ -260,7 +266,8 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
         await state.publisher.finish(keys, error("queue", f"invalid job payload: {exc}"), "failed")
         return "failed"
 
-    pump = asyncio.create_task(_pump(state, keys, req.query, req.context))
+    ctx, used = usage.scope()
+    pump = asyncio.create_task(_pump(state, keys, req.query, req.context, used), context=ctx)
     state.running[job_id] = pump
     beat = asyncio.create_task(_heartbeat(state, keys))
     terminal: bytes
@@ -285,6 +292,8 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
         except Exception as exc:
             logger.exception("job %s: the pipeline raised", job_id)
             terminal, status = error("worker", str(exc) or type(exc).__name__), "failed"
+        # usage first: whoever sees the terminal event finds it in the job hash
+        await asyncio.shield(usage.record(state.redis, keys, used, status, llm=state.rag.llm))
         written = await asyncio.shield(state.publisher.finish(keys, terminal, status))
         return status if written else "lost"
     finally:

@@ -21,6 +21,8 @@ these variables and picks this factory). Environment variables:
   ``OPENAI_BASE_URL``) when unset.
 - ``STREAMING_RAG_LLM_API_KEY`` (optional): falls back to ``OPENAI_API_KEY``, then to a
   placeholder that local servers accept.
+- ``STREAMING_RAG_LLM_MAX_TOKENS`` (optional): a positive integer, sent as ``max_tokens``
+  (a ``max_tokens`` parameter passed to `openai_app` wins).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "BASE_URL_ENV",
     "DEFAULT_GENERATION_TIMEOUT_S",
     "DOCS_ENV",
+    "MAX_TOKENS_ENV",
     "MODEL_ENV",
     "openai_app",
 ]
@@ -47,6 +50,7 @@ __all__ = [
 BASE_URL_ENV = "STREAMING_RAG_LLM_BASE_URL"
 MODEL_ENV = "STREAMING_RAG_LLM_MODEL"
 API_KEY_ENV = "STREAMING_RAG_LLM_API_KEY"
+MAX_TOKENS_ENV = "STREAMING_RAG_LLM_MAX_TOKENS"
 #: A whole answer may take this long (local models on a CPU are slow); the library's
 #: default of 60 s is meant for the simulation strategy.
 DEFAULT_GENERATION_TIMEOUT_S = 300.0
@@ -87,6 +91,13 @@ def openai_app(
         ) from None
     base_url = environ.get(BASE_URL_ENV, "").strip() or environ.get("OPENAI_BASE_URL")
     api_key = environ.get(API_KEY_ENV) or environ.get("OPENAI_API_KEY")
+    max_tokens = environ.get(MAX_TOKENS_ENV, "").strip()
+    if max_tokens and "max_tokens" not in params:
+        if not max_tokens.isdigit() or int(max_tokens) < 1:
+            raise WorkerConfigError(
+                f"{MAX_TOKENS_ENV} must be a positive integer, got {max_tokens!r}"
+            )
+        params["max_tokens"] = int(max_tokens)
     llm = OpenAICompatibleLLM(model, base_url=base_url or None, api_key=api_key or None, **params)
     if config is None:
         config = StreamConfig(generation_timeout=DEFAULT_GENERATION_TIMEOUT_S)
