@@ -41,6 +41,8 @@ from tests.helpers_queue import running_worker
 from tests.helpers_web import Comment, serving, sse
 from tests.queue_apps import make_rag
 
+pytestmark = pytest.mark.single_server
+
 WAIT_S = 30.0  # liveness guard only: the awaited conditions come far sooner
 USER, PASSWORD = "outage-tester", "s3cret-outage-pw"
 PHASES = [["a0 ", "a1 "], [f"b{i} " for i in range(5)], ["c0 ", "c1 "]]

@@ -156,3 +156,22 @@ def test_worker_app_and_prefix_are_valid(services: dict[str, dict[str, Any]]) ->
     ask_env = _environment(services["ask"])
     assert ask_env["STREAMING_RAG_PREFIX"] == env["STREAMING_RAG_PREFIX"]
     assert ask_env["REDIS_URL"] == env["REDIS_URL"]
+
+
+def test_the_cluster_profile_puts_the_events_on_its_three_nodes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from streaming_rag.wire import parse_url
+
+    nodes = {n for n, s in services.items() if n.startswith("redis-node-")}
+    assert len(nodes) == 3
+    for name in nodes:
+        assert services[name]["profiles"] == ["cluster"]
+        assert "--cluster-enabled" in services[name]["command"]
+    for name in ("worker-cluster", "api-cluster"):
+        env = _environment(services[name])
+        spec = parse_url(env["STREAMING_RAG_EVENTS_URL"])
+        assert spec.kind == "cluster"
+        assert {host for host, _ in spec.nodes} == nodes
+        assert parse_url(env["REDIS_URL"]).kind == "standalone"  # the queue: never the cluster
+        assert "cluster-init" in services[name]["depends_on"]

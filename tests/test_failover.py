@@ -21,6 +21,8 @@ from tests.helpers_queue import running_worker
 from tests.queue_apps import Backend
 from tests.test_sentinel import SERVICE, Deployment, admin, deployment, wait_until
 
+pytestmark = pytest.mark.single_server
+
 __all__ = ["deployment"]  # the module-scoped fixture, imported for this module
 
 TOKENS = 300

@@ -21,6 +21,8 @@ from streaming_rag_cli.embedded import EmbeddedValkey
 from streaming_rag_worker.publisher import Publisher
 from tests.helpers_queue import wait_until
 
+pytestmark = pytest.mark.single_server
+
 WAIT_S = 30.0
 
 

@@ -32,6 +32,8 @@ from tests.helpers_queue import running_worker
 from tests.helpers_queue import wait_until as _wait_until
 from tests.queue_apps import ANSWER_WORDS, make_rag
 
+pytestmark = pytest.mark.single_server
+
 SERVICE = "srag-test"
 ANSWER = "".join(w + " " for w in ANSWER_WORDS)
 WAIT_S = 30.0

@@ -320,12 +320,16 @@ async def test_an_oversized_body_is_413_before_it_is_read(redis_url, key_prefix)
 
 async def _assert_nothing_but(stack: Stack, submitted: int) -> None:
     """Only `submitted` jobs reached the queue (the refused ones never did)."""
-    import redis.asyncio
+    from streaming_rag.wire import parse_url
+    from streaming_rag_client._connect import async_client
 
-    r = redis.asyncio.Redis.from_url(stack.rag.url)
+    r = async_client(parse_url(stack.rag.events_url or stack.rag.url))  # where job keys live
     try:
         jobs = [k async for k in r.scan_iter(match=f"{stack.rag.prefix}:{{*}}:*:job")]
         assert len(jobs) == submitted
+        assert await stack.rag._async_transport().client.zcard(f"{stack.rag.prefix}:queue") == (
+            submitted
+        )
     finally:
         await r.aclose()
 

@@ -20,6 +20,8 @@ from streaming_rag_client import StreamingRAGClient
 from tests.helpers_queue import running_worker, until
 from tests.queue_apps import Backend
 
+pytestmark = pytest.mark.single_server
+
 WAIT_S = 30.0
 
 

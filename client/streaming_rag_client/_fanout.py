@@ -117,7 +117,7 @@ class _Group:
     """One shared reader: the streams it follows (every watched stream on a single server; one
     bucket's on a cluster), its task, its connection and that connection's CLIENT ID."""
 
-    __slots__ = ("blocked", "bucket", "conn", "conn_id", "node", "reader", "watched")
+    __slots__ = ("asking", "blocked", "bucket", "conn", "conn_id", "node", "reader", "watched")
 
     def __init__(self, bucket: int | None) -> None:
         self.bucket = bucket
@@ -126,6 +126,7 @@ class _Group:
         self.conn: Any = None
         self.conn_id: int | None = None
         self.node: Any = None  # the cluster node `conn` is connected to
+        self.asking: tuple[str, int] | None = None  # the slot's migration target, after ASK
         self.blocked = False
 
 
@@ -329,7 +330,10 @@ class Fanout:
             return raw_view(self._t.events, single_connection=True)
         cluster = self._t.events
         await cluster.initialize()  # a no-op unless a MOVED asked for a fresh slot map
-        group.node = cluster.get_node_from_key(next(iter(group.watched)))
+        node = None
+        if group.asking is not None:  # the slot is migrating: read where its keys went
+            node = cluster.get_node(host=group.asking[0], port=group.asking[1])
+        group.node = node or cluster.get_node_from_key(next(iter(group.watched)))
         return node_reader(cluster, group.node)
 
     async def _read(self, group: _Group, block_ms: int) -> Any:
@@ -347,6 +351,8 @@ class Fanout:
             if group.conn_id is None:
                 group.conn_id = int(await conn.client_id())
             streams = {name: w.follower.cursor for name, w in group.watched.items()}
+            if group.asking is not None:  # valid for the next command only: the XREAD
+                await conn.execute_command("ASKING")
             group.blocked = True
             try:
                 return await conn.xread(streams, count=READ_COUNT, block=block_ms)
@@ -356,9 +362,12 @@ class Fanout:
             group.conn_id = None
             if self._t.cluster:
                 await self._disconnect(group)
-                if isinstance(exc, redis.exceptions.MovedError):
+                if isinstance(exc, redis.exceptions.MovedError):  # the slot has a new owner
+                    group.asking = None
                     with contextlib.suppress(Exception):
                         await self._t.events.nodes_manager.initialize()
+                elif isinstance(exc, redis.exceptions.AskError):  # being migrated: follow it
+                    group.asking = exc.node_addr
             elif isinstance(exc, redis.exceptions.ResponseError) and conn.connection is not None:
                 await conn.connection.disconnect()  # e.g. UNBLOCKED: reconnect to the primary
             raise
