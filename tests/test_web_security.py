@@ -327,9 +327,6 @@ async def _assert_nothing_but(stack: Stack, submitted: int) -> None:
     try:
         jobs = [k async for k in r.scan_iter(match=f"{stack.rag.prefix}:{{*}}:*:job")]
         assert len(jobs) == submitted
-        assert await stack.rag._async_transport().client.zcard(f"{stack.rag.prefix}:queue") == (
-            submitted
-        )
     finally:
         await r.aclose()
 

@@ -107,6 +107,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         retention_s=args.retention_s,
         shutdown_grace_s=args.grace_s,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     if rag is None:
         rag = load_app(config.app)  # fail here, in one line, rather than inside arq's startup
@@ -150,6 +152,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         importlib.import_module(WEB_APP.partition(":")[0])  # fail here, in one line
     except ImportError as exc:
         raise CLIError(f"cannot load the web server ({exc}): {WEB_EXTRA_HINT}") from None
+    if args.metrics_port is not None:
+        try:
+            importlib.import_module("prometheus_client")
+        except ImportError:
+            from streaming_rag_client.metrics import INSTALL_HINT
+
+            raise CLIError(INSTALL_HINT) from None
     from ._serve import run
 
     setup_logging(args.verbose, logging.WARNING, args.log_format)
@@ -159,6 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.port,
         log_level="debug" if args.verbose else "info",
         secret_set=bool(os.environ.get(SECRET_ENV)),
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host or "127.0.0.1",
     )
     return 0
 

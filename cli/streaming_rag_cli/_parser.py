@@ -158,6 +158,18 @@ def _add_worker(sub: Any) -> None:
         help="on SIGTERM, seconds running jobs may finish before they end with an ERROR "
         "(default 10)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the metrics extra; "
+        "default: $STREAMING_RAG_METRICS_PORT, else no metrics)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="address the metrics listen on (default 127.0.0.1: this machine only)",
+    )
     llm = p.add_argument_group(
         "answers from an OpenAI-compatible LLM",
         f"--llm-model serves {LLM_APP} over --docs (else $STREAMING_RAG_DOCS); the other "
@@ -226,6 +238,18 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
         "--port", type=_port, default=8000, metavar="PORT", help="port to listen on (default 8000)"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the bridge's Prometheus metrics on http://METRICS_HOST:PORT/metrics, a port "
+        "apart from --port (needs the metrics extra; default: no metrics)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="address the metrics listen on (default 127.0.0.1: this machine only)",
     )
     _add_common(p)
     _add_log_format(p)

@@ -62,13 +62,26 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def run(host: str, port: int, log_level: str, secret_set: bool) -> None:
+def run(
+    host: str,
+    port: int,
+    log_level: str,
+    secret_set: bool,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+) -> None:
     """Serve `streaming_rag_client.web.create_app()` (configured from the environment) on
-    `host`:`port` until SIGTERM or SIGINT."""
+    `host`:`port` until SIGTERM or SIGINT; with `metrics_port`, its Prometheus metrics on
+    ``http://metrics_host:metrics_port/metrics`` (a port of their own)."""
     server: Server
+    metrics: Any = None
+    if metrics_port is not None:
+        from streaming_rag_client.metrics import BridgeMetrics
+
+        metrics = BridgeMetrics()
 
     def factory() -> Any:
-        app = create_app()
+        app = create_app(metrics=metrics or False)
         server.app = app
         return app
 
@@ -89,4 +102,12 @@ def run(host: str, port: int, log_level: str, secret_set: bool) -> None:
             SECRET_ENV,
         )
     server = Server(config)
-    server.run()
+    if metrics is not None:
+        assert metrics_port is not None
+        bound = metrics.serve(metrics_port, metrics_host)
+        logger.info("metrics on http://%s:%d/metrics", metrics_host, bound)
+    try:
+        server.run()
+    finally:
+        if metrics is not None:
+            metrics.close()

@@ -34,6 +34,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
 
+from streaming_rag.exceptions import ServerUnavailable
 from streaming_rag.wire import ServerSpec
 
 __all__ = ["async_client", "sync_client"]
@@ -60,13 +61,17 @@ class _AsyncSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool):
 
 def sync_client(spec: ServerSpec) -> Any:
     """A `redis.Redis` for `spec`, following the primary when `spec` is a sentinel one; a
-    `redis.cluster.RedisCluster` for a cluster one."""
+    `redis.cluster.RedisCluster` for a cluster one (which connects at once: no reachable node
+    raises `ServerUnavailable`)."""
     if spec.kind == "cluster":
         node = redis.cluster.ClusterNode
         nodes = [node(host, port) for host, port in spec.nodes]  # type: ignore[no-untyped-call]
-        return redis.cluster.RedisCluster(
-            startup_nodes=nodes, require_full_coverage=False, **spec.connection_kwargs()
-        )
+        try:  # redis-py's sync cluster client asks the nodes for the slot map right here
+            return redis.cluster.RedisCluster(
+                startup_nodes=nodes, require_full_coverage=False, **spec.connection_kwargs()
+            )
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise ServerUnavailable(str(spec), str(exc) or type(exc).__name__) from exc
     if spec.kind == "sentinel":
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(spec.sentinels), sentinel_kwargs=spec.sentinel_kwargs(), **spec.connection_kwargs()

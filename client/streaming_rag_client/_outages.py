@@ -40,7 +40,12 @@ DEFAULT_RECONNECT_S = 30.0
 #: Errors that mean "not reachable right now": redis-py's ConnectionError (its BusyLoadingError,
 #: a server loading its AOF after a restart, included) and TimeoutError, and the OSErrors
 #: (ConnectionResetError, BrokenPipeError, ...) that can escape it on a reset.
-RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+RETRYABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterException,  # no node of a cluster answers (not a RedisError)
+    OSError,
+)
 #: The same replies as redis-py raises them (it strips the code from these messages); on a
 #: cluster also a slot on the move (ASK, MOVED: a blocking reader on one node reconnects to the
 #: slot's new owner) and redis-py's cluster client out of redirects (``TTL exhausted``).
@@ -54,7 +59,11 @@ _TRANSIENT_ERRORS = (
 #: ConnectionErrors that no waiting heals: raised at once.
 _FATAL = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 #: A first contact failing with these (nothing listens there) is reported at once.
-_NEVER_REACHED = (redis.exceptions.ConnectionError, OSError)
+_NEVER_REACHED = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
 
 
 #: `url` with every password masked: `streaming_rag.wire.redact_url`, the one implementation.

@@ -165,7 +165,11 @@ class SyncTransport(_Twin):
         while True:
             try:
                 result = op()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (
+                redis.exceptions.RedisError,
+                redis.exceptions.RedisClusterException,
+                OSError,
+            ) as exc:
                 backoff = outages.failed(backoff, exc)
                 time.sleep(outages.wait_s(backoff))  # a policy's wait, not a synchronisation
                 continue
@@ -264,7 +268,11 @@ class AsyncTransport(_Twin):
         while True:
             try:
                 result = await op()
-            except (redis.exceptions.RedisError, OSError) as exc:
+            except (
+                redis.exceptions.RedisError,
+                redis.exceptions.RedisClusterException,
+                OSError,
+            ) as exc:
                 backoff = outages.failed(backoff, exc)
                 await asyncio.sleep(outages.wait_s(backoff))  # a policy's wait
                 continue

@@ -37,7 +37,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
@@ -57,6 +57,9 @@ from ._core import JobStatus
 from ._http import EventStreamResponse, exception_handlers
 from ._limits import MAX_BODY_BYTES, RateLimit, json_body
 from ._sse import RETRY_MS, OpenStreams, entry_key, event_stream, resume_cursor
+
+if TYPE_CHECKING:
+    from .metrics import BridgeMetrics
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -86,8 +89,10 @@ class _Bridge:
         rate: RateLimit | None,
         max_body_bytes: int,
         retry_ms: int,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.rag = rag
+        self.metrics = metrics
         self.keepalive_s = keepalive_s
         self.router = router
         self.gate = gate
@@ -177,6 +182,8 @@ class _Bridge:
         if after is not None and status in _ENDED and await self.ended_by(job_id, after):
             return Response(status_code=204)  # nothing left: an EventSource stops here
         events = self.rag.aevents(job_id, after=after)
+        if self.metrics is not None:
+            events = self.metrics.watched(job_id, events)
         stream = event_stream(
             events, self.keepalive_s, self.streams, stopping=self.stopping, retry_ms=self.retry_ms
         )
@@ -230,6 +237,7 @@ def create_app(
     submit_rate: tuple[int, float] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     retry_ms: int = RETRY_MS,
+    metrics: BridgeMetrics | bool = False,
     **client_kwargs: Any,
 ) -> Starlette:
     """The bridge as a Starlette app over `client`, or over a client it creates (and closes on
@@ -250,7 +258,10 @@ def create_app(
     may submit, watch and cancel (logged as a warning). `cors_origins` allows those origins
     cross-site (default: none); `submit_rate=(n, per_s)` allows each client address `n` submits
     per `per_s` seconds (429 beyond); `max_body_bytes` caps a body (413); `retry_ms` is the
-    `retry:` every event stream starts with.
+    `retry:` every event stream starts with. `metrics` (True, or a `BridgeMetrics`; extra
+    `metrics`) records Prometheus metrics of the event streams in `app.state.metrics.registry`
+    (served by `streaming-rag serve --metrics-port`, never on the app's own routes: see
+    `streaming_rag_client.metrics`).
 
     Mounted in another app (`app.mount("/rag", create_app(...))`) its lifespan does not run:
     pass your own client then, close it in your app's lifespan, and call `end_streams(bridge)`
@@ -270,6 +281,12 @@ def create_app(
     if authorize is not None and not callable(authorize):
         raise InvalidRequest(f"authorize must be callable, got {type(authorize).__name__}")
     rate = None if submit_rate is None else RateLimit(*submit_rate)
+    if metrics is True:
+        from .metrics import BridgeMetrics
+
+        metrics = BridgeMetrics()
+    elif metrics is not False and not hasattr(metrics, "watched"):
+        raise InvalidRequest(f"metrics must be True, False or a BridgeMetrics, got {metrics!r}")
     owns = client is None
     if client is None:
         client = StreamingRAGClient(
@@ -326,6 +343,7 @@ def create_app(
         rate=rate,
         max_body_bytes=max_body_bytes,
         retry_ms=retry_ms,
+        metrics=metrics or None,
     )
     for path, endpoint, method, name in [
         ("/", bridge.index, "GET", "index"),
@@ -339,4 +357,5 @@ def create_app(
     app.state.rag = rag
     app.state.streams = bridge.streams
     app.state.stopping = bridge.stopping
+    app.state.metrics = bridge.metrics
     return app

@@ -14,6 +14,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     ReadOnlyError,
+    RedisClusterException,
     TryAgainError,
 )
 from redis.exceptions import (
@@ -24,6 +25,8 @@ from redis.exceptions import (
 )
 
 from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
+
+from . import metrics
 
 __all__ = ["TRANSIENT_REPLIES", "Backoff", "OutageLog", "is_transient", "retrying"]
 
@@ -37,6 +40,7 @@ _TRANSIENT = (
     TryAgainError,
     ClusterDownError,  # a cluster whose slot has no primary for now (a failover under way)
     ClusterError,  # redis-py's cluster client out of redirects or retries (a resharding)
+    RedisClusterException,  # no cluster node reachable (yet): an outage of the events server
     ConnectionError,
     TimeoutError,
     OSError,
@@ -85,6 +89,7 @@ class OutageLog:
                 "%s: Redis is back after %.1f s", self._what, time.monotonic() - self._since
             )
             self._since = None
+            metrics.current().reconnected(self._what)
 
 
 async def retrying(op: Callable[[], Awaitable[_T]], *, deadline_s: float) -> _T:

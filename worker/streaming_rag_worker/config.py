@@ -15,6 +15,8 @@ from streaming_rag.exceptions import InvalidRequest, WorkerConfigError
 from streaming_rag.wire import DEFAULT_PREFIX, ServerSpec, parse_url, redact_url, validate_prefix
 from streaming_rag.wire.keys import DEFAULT_REDIS_URL
 
+from .metrics import require_prometheus
+
 __all__ = ["DEFAULT_REDIS_URL", "WorkerConfig"]
 
 
@@ -41,6 +43,10 @@ class WorkerConfig:
     `events_url` is where every per-job key lives (event streams, job hashes, leases:
     standalone, Sentinel, or a Redis Cluster, ``redis+cluster://``). `events_url` defaults to
     `redis_url`: one server holds both, and every state change stays one atomic script.
+
+    `metrics_port` serves Prometheus metrics on ``http://metrics_host:metrics_port/metrics``
+    (extra `metrics`; `metrics_host` defaults to 127.0.0.1, this machine only; port 0 binds any
+    free port). None (the default): no metrics. See `streaming_rag_worker.metrics`.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -55,6 +61,8 @@ class WorkerConfig:
     shutdown_grace_s: float = 10.0
     job_timeout_s: float = 3600.0
     startup_wait_s: float = 30.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     name: str = field(default_factory=_default_name)
 
     def __post_init__(self) -> None:
@@ -71,6 +79,12 @@ class WorkerConfig:
         for name in ("retention_s", "lease_s", "heartbeat_s", "job_timeout_s", "startup_wait_s"):
             if not getattr(self, name) > 0:
                 raise WorkerConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.metrics_port is not None:
+            if isinstance(self.metrics_port, bool) or not 0 <= self.metrics_port <= 65535:
+                raise WorkerConfigError(
+                    f"metrics_port must be a port number 0-65535, got {self.metrics_port!r}"
+                )
+            require_prometheus()
         if self.shutdown_grace_s < 0:
             raise WorkerConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
         if self.heartbeat_s * 2 > self.lease_s:
@@ -139,7 +153,8 @@ class WorkerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WorkerConfig:
         """Read `REDIS_URL`, `STREAMING_RAG_EVENTS_URL`, `STREAMING_RAG_APP`,
-        `STREAMING_RAG_PREFIX`, `STREAMING_RAG_CONCURRENCY`, `STREAMING_RAG_RETENTION_S`;
+        `STREAMING_RAG_PREFIX`, `STREAMING_RAG_CONCURRENCY`, `STREAMING_RAG_RETENTION_S`,
+        `STREAMING_RAG_METRICS_PORT`;
         `overrides` win (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -150,6 +165,7 @@ class WorkerConfig:
             "STREAMING_RAG_PREFIX": ("prefix", str),
             "STREAMING_RAG_CONCURRENCY": ("concurrency", int),
             "STREAMING_RAG_RETENTION_S": ("retention_s", float),
+            "STREAMING_RAG_METRICS_PORT": ("metrics_port", int),
         }
         for var, (attr, conv) in names.items():
             raw = env.get(var)

@@ -29,7 +29,7 @@ from streaming_rag.wire import JobKeys, encode_event
 from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
 from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_call
 
-from . import usage
+from . import metrics, usage
 from ._retry import retrying
 from .config import WorkerConfig
 from .publisher import JobLost, Publisher
@@ -74,9 +74,11 @@ class WorkerState:
         self.redis = queue if events is None else events
         self.split = events is not None
         redis = self.redis
+        self.metrics = metrics.for_config(config)
         self.publisher = Publisher(
             redis, lease_ms=config.lease_ms, retention_ms=config.retention_ms
         )
+        self.publisher.metrics = self.metrics
         self.start_script = redis.register_script(START)
         self.heartbeat_script = redis.register_script(HEARTBEAT)
         self.running: dict[str, asyncio.Task[Any]] = {}
@@ -143,12 +145,15 @@ async def _pump(
             count += 1
             if event.type is EventType.CHUNK:
                 used.chunks += 1
+                if used.chunks == 1:
+                    state.metrics.first_token(time.perf_counter() - t0)
             if count >= cap:
                 msg = f"Event limit reached: the job produced more than {cap} events"
                 latency = round(time.perf_counter() - t0, 4)
                 return encode_event(
                     EventType.ERROR, {"msg": msg, "stage": "generation"}, latency
                 ), "failed"
+            state.metrics.event(str(event.type))
             await publisher.publish(keys, payload)
     msg = "the pipeline ended without a terminal event"  # pragma: no cover - spec forbids it
     return encode_event(EventType.ERROR, {"msg": msg, "stage": "worker"}, 0.0), "failed"
@@ -170,6 +175,13 @@ async def _start(state: WorkerState, keys: JobKeys) -> str:
     return started
 
 
+async def _finish(state: WorkerState, keys: JobKeys, terminal: bytes, status: str) -> bool:
+    """`Publisher.finish`, counted in the metrics by final status (`lost` when not written)."""
+    written = await state.publisher.finish(keys, terminal, status)
+    state.metrics.job_ended(status if written else "lost", terminal)
+    return written
+
+
 def _error(t0: float, stage: str, msg: str) -> bytes:
     latency = round(time.perf_counter() - t0, 4)
     return encode_event(EventType.ERROR, {"msg": msg, "stage": stage}, latency)
@@ -183,7 +195,7 @@ async def end_invalid(state: WorkerState, keys: JobKeys, reason: str) -> str:
     if started != "ok":
         return started
     error = _error(time.perf_counter(), "queue", f"invalid job payload: {reason}")
-    written = await state.publisher.finish(keys, error, "failed")
+    written = await _finish(state, keys, error, "failed")
     return "failed" if written else "lost"
 
 
@@ -244,11 +256,14 @@ async def run_query(
     t0 = time.perf_counter()
     worker = state.config.name
     log_job(keys, worker, "running", **({} if queue_ms is None else {"queue_ms": queue_ms}))
+    state.metrics.job_started(queue_ms)
     try:
         status = await _answer(state, keys, request, t0)
     except BaseException:
         log_job(keys, worker, "stopped", duration_ms=round((time.perf_counter() - t0) * 1000))
         raise
+    finally:
+        state.metrics.job_stopped()
     log_job(keys, worker, status, duration_ms=round((time.perf_counter() - t0) * 1000))
     return status
 
@@ -263,7 +278,7 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
     try:
         req = request_from_payload(request)
     except InvalidRequest as exc:
-        await state.publisher.finish(keys, error("queue", f"invalid job payload: {exc}"), "failed")
+        await _finish(state, keys, error("queue", f"invalid job payload: {exc}"), "failed")
         return "failed"
 
     ctx, used = usage.scope()
@@ -282,19 +297,18 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
                 pump.cancel()
                 with contextlib.suppress(BaseException):
                     await pump
-                await asyncio.shield(
-                    state.publisher.finish(keys, error("worker", SHUTDOWN_MSG), "failed")
-                )
+                await asyncio.shield(_finish(state, keys, error("worker", SHUTDOWN_MSG), "failed"))
                 raise
         except JobLost:
             logger.warning("job %s was taken from this worker (lease lost); stopping", job_id)
+            state.metrics.job_ended("lost")
             return "lost"
         except Exception as exc:
             logger.exception("job %s: the pipeline raised", job_id)
             terminal, status = error("worker", str(exc) or type(exc).__name__), "failed"
         # usage first: whoever sees the terminal event finds it in the job hash
         await asyncio.shield(usage.record(state.redis, keys, used, status, llm=state.rag.llm))
-        written = await asyncio.shield(state.publisher.finish(keys, terminal, status))
+        written = await asyncio.shield(_finish(state, keys, terminal, status))
         return status if written else "lost"
     finally:
         beat.cancel()

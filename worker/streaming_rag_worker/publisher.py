@@ -46,6 +46,7 @@ from streaming_rag.wire.scripts import PUBLISH, publish_call
 
 from ._retry import Backoff, OutageLog, is_transient
 from .events_client import is_cluster
+from .metrics import NO_METRICS, Metrics
 
 __all__ = ["JobLost", "Publisher"]
 
@@ -104,6 +105,8 @@ class _JobLog:
 
 class Publisher:
     """Coalescing writer of job events; start with `start()`, stop with `aclose()`."""
+
+    metrics: Metrics = NO_METRICS  # the worker's (`streaming_rag_worker.metrics`)
 
     def __init__(
         self,
@@ -234,6 +237,7 @@ class Publisher:
         if self._replicas is None:
             await self._count_replicas()
         ends = [len(log.entries) for log in logs]
+        t0 = time.perf_counter()
         if self._cluster:
             await self._send_each(logs, ends)
             return
@@ -261,6 +265,7 @@ class Publisher:
                     raise r
             break
         self.round_trips += 1
+        self.metrics.flushed(sum(e - log.sent for log, e in zip(logs, ends, strict=True)), t0)
         acked = int(results.pop()) >= (self._replicas or 0) if wait else True
         for log, end, result in zip(logs, ends, results, strict=True):
             if not acked and log.final_status and end == len(log.entries) and result == 1:
@@ -282,6 +287,7 @@ class Publisher:
         """A cluster's flush: each job's PUBLISH on its own (concurrently), a job's end then
         WAITs for a replica of its shard. An error of any fails the whole batch, which is
         sent again (idempotent)."""
+        t0 = time.perf_counter()
 
         async def one(log: _JobLog, end: int) -> tuple[Any, bool]:
             call = self._call(log, end)
@@ -301,6 +307,7 @@ class Publisher:
             if isinstance(reply, BaseException):
                 raise reply
         self.round_trips += 1
+        self.metrics.flushed(sum(e - log.sent for log, e in zip(logs, ends, strict=True)), t0)
         for log, end, (result, acked) in zip(logs, ends, replies, strict=True):  # type: ignore[misc]
             if not acked:
                 self._unacked(log, end)

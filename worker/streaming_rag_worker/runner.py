@@ -18,10 +18,11 @@ from typing import Any
 from arq.worker import func
 
 from streaming_rag import StreamingRAG
-from streaming_rag.wire import pack_job, unpack_job
+from streaming_rag.exceptions import WorkerConfigError
+from streaming_rag.wire import ServerSpec, pack_job, unpack_job
 from streaming_rag.wire.keys import cancel_channel, queue_name
 
-from ._retry import Backoff, OutageLog
+from ._retry import Backoff, OutageLog, retrying
 from .app import load_app
 from .config import WorkerConfig
 from .events_client import connect_events
@@ -61,6 +62,21 @@ async def _listen_for_cancels(state: WorkerState) -> None:
                 await pubsub.aclose()
 
 
+async def _reach_events(spec: ServerSpec, wait_s: float) -> Any:
+    """A client of the events server, once it answers PING (waiting up to `wait_s` for one
+    that is not up yet, like the queue server); `WorkerConfigError` naming it otherwise."""
+    events = connect_events(spec)
+    try:
+        await retrying(events.ping, deadline_s=wait_s)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await events.aclose()
+        raise WorkerConfigError(
+            f"cannot reach the events server {spec} (events_url): {exc}"
+        ) from None
+    return events
+
+
 class WorkerRuntime:
     """What one worker process serves, handed explicitly between arq's hooks, the job function
     and `StreamingWorker`'s claim (never through string keys of arq's `ctx`).
@@ -91,11 +107,12 @@ class WorkerRuntime:
         config = self.config
         app = self._rag if self._rag is not None else load_app(config.app)
         spec = config.events_server()
-        events = None if spec is None else connect_events(spec)
+        events = None if spec is None else await _reach_events(spec, config.startup_wait_s)
         # the queue: arq's own pool, under arq's own key
         state = WorkerState(config, app, ctx["redis"], events)
         state.publisher.start()
         self._state = state
+        await state.metrics.start(state.queue, config.prefix)  # GET /metrics, if configured
         sweep = sweep_forever(
             state.queue,
             state.redis if state.split else None,
@@ -129,6 +146,7 @@ class WorkerRuntime:
             with contextlib.suppress(BaseException):
                 await task
         if self._state is not None:
+            await self._state.metrics.aclose()
             await self._state.publisher.aclose()
             if self._state.split:
                 with contextlib.suppress(Exception):
