@@ -16,6 +16,7 @@ BENCHMARKS = {
     "replay": ("bench.replay", "events/s reading a finished 10,000-event trace"),
     "memory": ("bench.memory", "Redis bytes per event / per job, worker RSS over 10,000 jobs"),
     "outage": ("bench.outage", "a Redis restart / crash mid-answer: recovery time, events lost"),
+    "cluster": ("bench.cluster", "events/s and p99 lag with the events on 1 vs 3 cluster shards"),
     "all": ("bench.run_all", "every benchmark in sequence (--json: one document)"),
 }
 DEFAULT = "overhead"

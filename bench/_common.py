@@ -45,17 +45,26 @@ def new_prefix(name: str) -> str:
 
 @contextlib.contextmanager
 def worker_process(
-    url: str, prefix: str, app: str, *, kind: str = "fast", **config: Any
+    url: str,
+    prefix: str,
+    app: str,
+    *,
+    kind: str = "fast",
+    log: Path | None = None,
+    **config: Any,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A worker in a subprocess (`kind` "fast": ours; "stock": arq's own `Worker` and poll
-    loop with our job function), stopped with SIGTERM at the end."""
+    loop with our job function), stopped with SIGTERM at the end. Its stdout and stderr go
+    to `log` (appended) when given, else nowhere."""
     spec = {"redis_url": url, "prefix": prefix, "app": app, **config}
+    sink = open(log, "ab") if log is not None else None  # noqa: SIM115 (closed below)
+    out = sink if sink is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench._worker", kind, json.dumps(spec)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
     )
     try:
         _wait_ready(url, prefix)
@@ -67,6 +76,8 @@ def worker_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if sink is not None:
+            sink.close()
 
 
 def _wait_ready(url: str, prefix: str, timeout_s: float = 30.0) -> None:

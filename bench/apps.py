@@ -101,3 +101,27 @@ class GatedLLM:
 
 def web_app() -> StreamingRAG:
     return StreamingRAG(InstantBackend(), GatedLLM(), StreamConfig())
+
+
+class ClockLLM:
+    """For the cluster benchmark: reads `gate=PATH`, `tokens=N` and `interval=S` from the
+    prompt; waits until the file PATH exists (the subscribers attach first), then yields N
+    tokens S seconds apart (0: no pacing), each the `time.time()` at which it was produced."""
+
+    async def astream(self, prompt: str) -> AsyncIterator[str]:
+        import asyncio
+        import os
+
+        words = dict(w.split("=", 1) for w in prompt.split() if "=" in w)
+        gate = words.get("gate")
+        while gate and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240 (another process's gate)
+            await asyncio.sleep(0.005)
+        interval = float(words.get("interval", "0").strip(".:"))
+        for _ in range(int(words.get("tokens", "1").strip(".:"))):
+            if interval:
+                await asyncio.sleep(interval)
+            yield f"{time.time():.6f} "
+
+
+def clock_app() -> StreamingRAG:
+    return StreamingRAG(InstantBackend(), ClockLLM(), StreamConfig())

@@ -31,6 +31,7 @@ ORDER = (
     "replay",
     "memory",
     "outage",
+    "cluster",
 )
 
 

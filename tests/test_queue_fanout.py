@@ -138,3 +138,23 @@ async def test_both_follow_modes_give_the_same_trace(redis_url, key_prefix, fano
     assert events == again
     assert [e.type for e in submitted] == [e.type for e in events]
     assert [e.data for e in submitted if e.is_chunk] == [e.data for e in events if e.is_chunk]
+
+
+async def test_cancelling_aclose_raises_instead_of_being_swallowed(redis_url, key_prefix):
+    """Ctrl-C under `asyncio.run` cancels the main task: a task cancelled while it waits in
+    `aclose()` for the fan-out readers must see its CancelledError."""
+    rag = StreamingRAGClient(redis_url, prefix=key_prefix, start_timeout=WAIT_S)
+    job_id = await rag.asubmit("nobody answers")  # no worker: the reader blocks
+    follower = asyncio.create_task(collect(rag, job_id))
+    async with asyncio.timeout(WAIT_S):
+        while rag._fanout is None or rag._fanout.readers == 0:  # noqa: ASYNC110 - no event
+            await asyncio.sleep(0.01)
+    follower.cancel()
+    closer = asyncio.create_task(rag.aclose())
+    await asyncio.sleep(0)  # the closer runs up to its wait for the reader
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    await rag.aclose()

@@ -24,11 +24,11 @@ from streaming_rag.wire.models import JOB_FUNCTION, arq_job_record
 
 def test_every_key_of_a_job_shares_one_cluster_hash_tag():
     keys = JobKeys("srag", "abc123")
-    assert keys.events == "srag:{b28}:abc123:events"
-    assert keys.lease == "srag:{b28}:abc123:lease"
-    assert keys.meta == "srag:{b28}:abc123:job"
+    assert keys.events == "srag:{b28.352}:abc123:events"
+    assert keys.lease == "srag:{b28.352}:abc123:lease"
+    assert keys.meta == "srag:{b28.352}:abc123:job"
     tags = {k.split("{", 1)[1].split("}", 1)[0] for k in (keys.events, keys.lease, keys.meta)}
-    assert tags == {"b28"}
+    assert tags == {"b28.352"}
 
 
 def test_prefix_names_the_queue_and_namespaces_arq_job_ids():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,9 @@ async def test_the_page_renders_a_whole_answer_with_retrieval_and_timing(
         assert await page.text_content("#t-first-chunk") == f"{first_chunk.latency:.3f}"
         assert await page.text_content("#n-chunks") == str(len(ANSWER_WORDS))
         assert await page.locator("#stop").is_hidden()  # not running any more
-        assert await page.locator("#watchers").is_hidden()  # the server does not count them
+        # the server counts watchers: the page shows the count it last read
+        await page.locator("#watchers").wait_for(state="visible", timeout=5000)
+        assert re.fullmatch(r"\u00b7 \d+ watchers?", await page.text_content("#watchers") or "")
         link = await page.get_attribute("#watch-link", "href")
         assert link == await page.text_content("#watch-link") == page.url
 

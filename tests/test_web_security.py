@@ -168,7 +168,7 @@ async def test_capability_links_end_to_end(redis_url, key_prefix):
                 if isinstance(item, Message) and item.event == "chunk":
                     break
             status = await stack.http.get(stack.url(body["status_url"]))
-            assert status.json() == {"job_id": job_id, "status": "running"}
+            assert status.json() == {"job_id": job_id, "status": "running", "watchers": 1}
             bearer = {"authorization": f"Bearer {watch}"}
             assert (await stack.http.get(f"/answers/{job_id}", headers=bearer)).status_code == 200
 

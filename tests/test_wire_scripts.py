@@ -10,7 +10,7 @@ from redis.crc import key_slot
 
 from streaming_rag.wire import JobKeys
 from streaming_rag.wire import scripts as s
-from streaming_rag.wire.keys import BUCKETS
+from streaming_rag.wire.keys import BUCKET_TAGS, BUCKETS
 
 KEYS = JobKeys("pfx", "job-1")
 
@@ -114,7 +114,7 @@ def test_jobs_of_one_bucket_share_a_slot_and_buckets_spread() -> None:
     assert key_slot(a.events.encode()) == key_slot(same.events.encode())
     buckets = {JobKeys("pfx", f"j{i}").bucket for i in range(2_000)}
     assert buckets == set(range(BUCKETS))
-    assert a.events == f"pfx:{{b{a.bucket:02d}}}:job-1:events"
+    assert a.events == f"pfx:{{b{a.bucket:02d}.{BUCKET_TAGS[a.bucket].split('.')[1]}}}:job-1:events"
 
 
 def test_publish_call_carries_its_events_in_order() -> None:
@@ -188,3 +188,18 @@ def test_job_keys_from_arq_job_id() -> None:
     assert JobKeys.from_arq_job_id("pfx", "pfx:job-1") == KEYS
     assert JobKeys.from_arq_job_id("pfx", "pfx:") is None
     assert JobKeys.from_arq_job_id("pfx", "other:job-1") is None
+
+
+def test_bucket_tags_sit_evenly_over_the_slots() -> None:
+    from streaming_rag.wire.keys import BUCKET_TAGS, bucket_tag
+
+    assert len(BUCKET_TAGS) == BUCKETS == len(set(BUCKET_TAGS))
+    width = 16384 // BUCKETS
+    for bucket in range(BUCKETS):
+        slot = key_slot(bucket_tag(bucket).encode())
+        assert bucket * width + width // 4 <= slot < (bucket + 1) * width - width // 4
+    # three evenly split shards (valkey-cli's ranges) get 21-22 buckets each
+    shares = [0, 0, 0]
+    for bucket in range(BUCKETS):
+        shares[min(2, key_slot(bucket_tag(bucket).encode()) * 3 // 16384)] += 1
+    assert sorted(shares) == [21, 21, 22]

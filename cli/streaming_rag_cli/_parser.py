@@ -152,6 +152,13 @@ def _add_worker(sub: Any) -> None:
         "else 3600)",
     )
     p.add_argument(
+        "--abandon-after-s",
+        type=_positive_float,
+        metavar="S",
+        help="cancel a running job nobody has watched for S seconds, with ERROR 'Abandoned: "
+        "nobody watching' (default: $STREAMING_RAG_ABANDON_AFTER_S, else never)",
+    )
+    p.add_argument(
         "--grace-s",
         type=_non_negative_float,
         metavar="S",

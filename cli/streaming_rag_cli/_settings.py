@@ -76,6 +76,8 @@ ENV_VARS = {
     "STREAMING_RAG_RETENTION_S": "worker: seconds a finished job's keys live (default 3600)",
     "STREAMING_RAG_METRICS_PORT": "worker: serve Prometheus metrics on this port of 127.0.0.1 "
     "(GET /metrics; needs the metrics extra; default: no metrics)",
+    "STREAMING_RAG_ABANDON_AFTER_S": "worker: cancel a running job nobody has watched for this "
+    "many seconds (default: never)",
     "STREAMING_RAG_DOCS": f"folder of .md/.txt files served by {FOLDER_APP} or {LLM_APP}",
     "STREAMING_RAG_LLM_BASE_URL": f"{LLM_APP}: OpenAI-compatible API base URL",
     "STREAMING_RAG_LLM_MODEL": f"{LLM_APP}: model name",

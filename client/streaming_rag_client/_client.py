@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Generator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any, Literal, overload
 
 import redis
@@ -27,6 +28,7 @@ from streaming_rag.wire import (
 from streaming_rag.wire.ids import validate_cursor
 from streaming_rag.wire.keys import DEFAULT_REDIS_URL
 
+from . import tracing
 from ._connect import async_client, sync_client
 from ._core import (
     USAGE_FIELDS,
@@ -34,17 +36,16 @@ from ._core import (
     JobDetails,
     JobStatus,
     SubmitPlan,
-    afollow,
     cancel_succeeded,
     check_speed,
     details_from_fields,
-    follow,
     plan_submit,
     replay_delay,
     status_from_check,
 )
 from ._fanout import Fanout
 from ._outages import is_cluster
+from ._presence import awatched_follow, watched_follow
 from ._transport import AsyncTransport, SyncTransport
 
 __all__ = ["DEFAULT_REDIS_URL", "EVENTS_URL_ENV", "PREFIX_ENV", "StreamingRAGClient"]
@@ -213,6 +214,7 @@ class StreamingRAGClient:
             max_query_chars=self.max_query_chars,
             start_timeout_s=self.start_timeout,
             retention_s=self.retention_s,
+            trace=tracing.carrier(),
         )
 
     def _keys(self, job_id: str) -> JobKeys:
@@ -231,7 +233,10 @@ class StreamingRAGClient:
 
     def _follow(self, keys: JobKeys, after: str | None) -> Generator[StreamEvent, None, None]:
         f = Follower(keys, cursor=after or "0-0")
-        return follow(self._sync_transport(), f, block_ms=self._block_ms, stats=self._stats)
+        t, poll_s = self._sync_transport(), self.poll_interval_s
+        return watched_follow(
+            t, f, block_ms=self._block_ms, stats=self._stats, poll_interval_s=poll_s
+        )
 
     def events(self, job_id: str, after: str | None = None) -> Generator[StreamEvent, None, None]:
         """Every event of a job, running or finished, from the start or after entry `after`,
@@ -293,7 +298,8 @@ class StreamingRAGClient:
         """queued, running, done, failed, cancelled or not found (also settles a job whose
         worker died or that no worker picked up in time). With ``details=True``, a
         `JobDetails`: the status plus the token usage, model and finish reason its worker
-        recorded as the job ended (None where absent)."""
+        recorded as the job ended (None where absent), and `watchers`: how many subscribers
+        follow it now (this call does not count)."""
         t = self._sync_transport()
         keys = self._keys(job_id)
         status = status_from_check(t.check(keys))
@@ -301,7 +307,8 @@ class StreamingRAGClient:
             return status
         if status is JobStatus.NOT_FOUND:
             return JobDetails(status)
-        return details_from_fields(status, t.call(lambda: t.events.hmget(keys.meta, USAGE_FIELDS)))
+        found = details_from_fields(status, t.call(lambda: t.events.hmget(keys.meta, USAGE_FIELDS)))
+        return replace(found, watchers=t.watchers(keys))
 
     def close(self) -> None:
         """Close the sync connection pool (if this client created it)."""
@@ -341,7 +348,10 @@ class StreamingRAGClient:
         if not known and await t.check(keys) == "missing":
             raise JobNotFound(keys.job_id, keys.prefix)
         f = Follower(keys, cursor=after or "0-0")
-        async with aclosing(afollow(t, f, block_ms=self._block_ms, stats=self._stats)) as events:
+        events = awatched_follow(
+            t, f, block_ms=self._block_ms, stats=self._stats, poll_interval_s=self.poll_interval_s
+        )
+        async with aclosing(events) as events:
             async for event in events:
                 yield event
 
@@ -406,7 +416,7 @@ class StreamingRAGClient:
         if status is JobStatus.NOT_FOUND:
             return JobDetails(status)
         values = await t.call(lambda: t.events.hmget(keys.meta, USAGE_FIELDS))
-        return details_from_fields(status, values)
+        return replace(details_from_fields(status, values), watchers=await t.watchers(keys))
 
     async def aclose(self) -> None:
         """Close the async connection pool (if this client created it) and the sync one."""

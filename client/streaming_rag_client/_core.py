@@ -90,6 +90,9 @@ class JobDetails:
     reports, or a stream cut short by a cancellation or an error: tokens counted so far).
     `finish_reason` is the model's (``stop``, ``length``, ...), else ``cancelled`` or
     ``error`` for a job that ended so.
+
+    `watchers` is how many subscribers follow the job now (each sync or own-reads subscriber,
+    each fan-out subscriber, each open SSE stream of a bridge: see `_presence`).
     """
 
     status: JobStatus
@@ -98,6 +101,7 @@ class JobDetails:
     usage_source: str | None = None
     model: str | None = None
     finish_reason: str | None = None
+    watchers: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready values (`status` as its string)."""
@@ -182,9 +186,11 @@ def plan_submit(
     max_query_chars: int,
     start_timeout_s: float,
     retention_s: float,
+    trace: dict[str, str] | None = None,
 ) -> SubmitPlan:
-    """Validate the request (raising `InvalidRequest`) and build the SUBMIT call."""
-    request = parse_request(query, context, max_query_chars=max_query_chars)
+    """Validate the request (raising `InvalidRequest`) and build the SUBMIT call. `trace` is
+    the submitter's trace context (`tracing.carrier`), carried to the worker in the request."""
+    request = parse_request(query, context, max_query_chars=max_query_chars, trace=trace)
     jid = validate_job_id(job_id) if job_id is not None else new_job_id()
     keys = JobKeys(prefix, jid)
     now_ms = int(time.time() * 1000)

@@ -57,6 +57,7 @@ from streaming_rag.wire.codec import decode_raw_entry
 
 from ._core import Follower, entry_id_key, text
 from ._outages import node_reader
+from ._presence import FanoutPresence
 from ._transport import READ_COUNT, AsyncTransport, raw_view
 
 __all__ = ["Fanout"]
@@ -142,6 +143,8 @@ class Fanout:
         self._buffer_size = buffer_size
         self._groups: dict[int | None, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: every subscriber counts as a watcher of its job while it follows (`_presence`)
+        self.presence = FanoutPresence(transport, poll_interval_s=poll_interval_s)
 
     @property
     def watching(self) -> int:
@@ -163,6 +166,7 @@ class Fanout:
         saw = stats.saw
         chunks = 0  # counted here, added to stats once at the end: no lock per event
         f = Follower(keys, cursor=cursor)
+        self.presence.enter(keys)
         try:
             t = self._t
             while True:
@@ -227,6 +231,7 @@ class Fanout:
                     self._leave(sub)
         finally:
             stats.add_chunks(chunks)
+            await self.presence.leave(keys)
 
     def _join(self, keys: JobKeys, cursor: str) -> tuple[_Subscriber, str]:
         """Add a subscriber at `cursor`; return it and the reader's cursor for the stream.
@@ -277,13 +282,17 @@ class Fanout:
                 await self._t.events.client_unblock(conn_id)
 
     async def aclose(self) -> None:
-        """Stop the readers (subscribers still iterating read on their own)."""
+        """Stop the readers (subscribers still iterating read on their own). A cancellation
+        of the caller while it waits for them is raised, not swallowed."""
+        readers = []
         for group in list(self._groups.values()):
             reader, group.reader = group.reader, None
             if reader is not None and not reader.done():
                 reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
+                readers.append(reader)
+        if readers:  # their own CancelledErrors are results here; the caller's propagates
+            await asyncio.gather(*readers, return_exceptions=True)
+        await self.presence.aclose()  # and this fan-out's watchers are deleted
 
     # -- the reader -----------------------------------------------------------------------------
     async def _run(self, group: _Group) -> None:

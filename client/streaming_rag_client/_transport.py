@@ -42,6 +42,7 @@ import redis
 import redis.asyncio
 
 from streaming_rag.wire import JobKeys
+from streaming_rag.wire.presence import WATCH, WATCHERS, watch_call, watchers_call
 from streaming_rag.wire.scripts import (
     CANCEL,
     CHECK,
@@ -110,6 +111,8 @@ class _Twin:
         self._cancel = self.events.register_script(CANCEL)
         self._enqueue = client.register_script(ENQUEUE)
         self._dequeue = client.register_script(DEQUEUE)
+        self._watch = self.events.register_script(WATCH)
+        self._watchers = self.events.register_script(WATCHERS)
 
     def _submit_call(self, plan: SubmitPlan) -> ScriptCall:
         return plan.job_call if self.split else plan.call
@@ -226,6 +229,22 @@ class SyncTransport(_Twin):
         if self.split:
             self._queue_side(keys, verdict, publish=True)
         return verdict, attempts > 1
+
+    def watch(
+        self, keys: JobKeys, watchers: list[tuple[str, int]], ttl_ms: int, *, retry: bool = True
+    ) -> None:
+        """WATCH (`streaming_rag.wire.presence`): the watchers follow the job for `ttl_ms`
+        more (count 0: stopped). `retry=False`: one attempt, its errors raised."""
+        c = watch_call(keys, watchers, ttl_ms=ttl_ms)
+        if retry:
+            self.call(lambda: self._watch(keys=c.keys, args=c.args))
+        else:
+            self._watch(keys=c.keys, args=c.args)
+
+    def watchers(self, keys: JobKeys) -> int:
+        """How many follow the job now (WATCHERS)."""
+        c = watchers_call(keys)
+        return int(self.call(lambda: self._watchers(keys=c.keys, args=c.args)))
 
     def close(self, *, queue: bool = True, events: bool = True) -> None:
         """Close the queue client and (when apart) the events client, as asked."""
@@ -358,6 +377,36 @@ class AsyncTransport(_Twin):
         if self.split:
             await self._queue_side(keys, verdict, publish=True)
         return verdict, attempts > 1
+
+    async def watch(
+        self, keys: JobKeys, watchers: list[tuple[str, int]], ttl_ms: int, *, retry: bool = True
+    ) -> None:
+        """Async `SyncTransport.watch`."""
+        c = watch_call(keys, watchers, ttl_ms=ttl_ms)
+        if retry:
+            await self.call(lambda: self._watch(keys=c.keys, args=c.args))
+        else:
+            await self._watch(keys=c.keys, args=c.args)
+
+    async def watch_many(
+        self, many: list[tuple[JobKeys, list[tuple[str, int]]]], ttl_ms: int
+    ) -> None:
+        """WATCH for several jobs: one round trip on a single server, concurrent calls (one
+        per job's slot) on a cluster; one attempt, its errors raised (the next refresh
+        retries)."""
+        calls = [watch_call(keys, watchers, ttl_ms=ttl_ms) for keys, watchers in many]
+        if self.cluster:
+            await asyncio.gather(*(self._watch(keys=c.keys, args=c.args) for c in calls))
+            return
+        async with self.events.pipeline(transaction=False) as pipe:
+            for c in calls:
+                await self._watch(keys=c.keys, args=c.args, client=pipe)
+            await pipe.execute()
+
+    async def watchers(self, keys: JobKeys) -> int:
+        """Async `SyncTransport.watchers`."""
+        c = watchers_call(keys)
+        return int(await self.call(lambda: self._watchers(keys=c.keys, args=c.args)))
 
     async def aclose(self, *, queue: bool = True, events: bool = True) -> None:
         """Close the queue client and (when apart) the events client, as asked."""

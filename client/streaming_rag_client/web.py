@@ -15,8 +15,9 @@ Routes (relative to where the app is mounted):
   `EventSource` stops); starts with `retry: <ms>`; `: keep-alive` comments every `keepalive_s`
   while waiting; ends after the terminal event, or with `: server shutting down; ...` when the
   server shuts down (`end_streams`).
-- `GET /answers/{job_id}` → `{"job_id", "status"}`, plus `"answer"` (the chunks joined) once
-  the job has ended (done, failed, cancelled) and `"error"` (the ERROR event's data) if any.
+- `GET /answers/{job_id}` → `{"job_id", "status", "watchers"}` (how many follow it now: open
+  event streams, other subscribers), plus `"answer"` (the chunks joined) once the job has
+  ended (done, failed, cancelled) and `"error"` (the ERROR event's data) if any.
 - `DELETE /answers/{job_id}` → `{"cancelled": bool}` (false: it had already ended).
 - `GET /` → a small page that asks a question and renders the answer live (`?job=<id>`
   watches an existing job).
@@ -57,6 +58,7 @@ from ._core import JobStatus
 from ._http import EventStreamResponse, exception_handlers
 from ._limits import MAX_BODY_BYTES, RateLimit, json_body
 from ._sse import RETRY_MS, OpenStreams, entry_key, event_stream, resume_cursor
+from .tracing import TraceMiddleware, note_job, watch_job
 
 if TYPE_CHECKING:
     from .metrics import BridgeMetrics
@@ -168,12 +170,14 @@ class _Bridge:
         data = await json_body(request, max_body_bytes=self.max_body_bytes)
         query: Any = data.get("query")  # validated by the client: its message, its rules
         job_id = await self.rag.asubmit(query, data.get("context"))
+        note_job(job_id)
         body = {"job_id": job_id, **self.links(request, job_id)}
         headers = {"Location": body["status_url"]}
         return JSONResponse(body, status_code=202, headers=headers)
 
     async def events(self, request: Request) -> Response:
         job_id = await self.job_id(request, "watch")
+        watch_job(job_id)
         headers, query = request.headers, request.query_params
         after = resume_cursor(headers.get("last-event-id"), query.get("after"))
         status = await self.rag.astatus(job_id)
@@ -196,6 +200,7 @@ class _Bridge:
         if status is JobStatus.NOT_FOUND:
             raise JobNotFound(job_id, self.rag.prefix)
         body: dict[str, Any] = {"job_id": job_id, "status": status.value}
+        body["watchers"] = details.watchers  # subscribers following it now (SSE streams too)
         if status in _ENDED:
             # what the worker recorded as the job ended (null where it recorded nothing):
             # prompt_tokens, completion_tokens, usage_source, model, finish_reason
@@ -319,7 +324,7 @@ def create_app(
             if owns:
                 await rag.aclose()
 
-    middleware = []
+    middleware = [Middleware(TraceMiddleware)]  # a span per request when tracing (`tracing`)
     if cors_origins:
         middleware.append(
             Middleware(

@@ -19,14 +19,25 @@ class ScriptCall:
     args: list[Arg]
 
 
-_NOW = """
-local _t = redis.call('TIME')
-local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+#: The server's clock in ms, read (TIME) on the first call only: a script that may not need
+#: the time (PUBLISH's hot path) pays for it only when it does.
+_CLOCK = """
+local _now
+local function clock()
+  if not _now then
+    local t = redis.call('TIME')
+    _now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return _now
+end
 """
+
+#: `now`: the server's clock in ms, read at the start of the script.
+_NOW = _CLOCK + "local now = clock()\n"
 
 _END = """
 local function finish(meta, events, status, retention, fields)
-  redis.call('HSET', meta, 'status', status, 'finished_ms', now)
+  redis.call('HSET', meta, 'status', status, 'finished_ms', clock())
   if fields then redis.call('HSET', meta, unpack(fields)) end
   redis.call('PERSIST', meta)
   redis.call('PEXPIRE', meta, retention)
@@ -36,8 +47,8 @@ local function error_event(stage, msg, latency)
   return cmsgpack.pack({v = 1, t = 'error', d = {msg = msg, stage = stage}, l = latency})
 end
 local function declare_lost(meta, events, retention)
-  local started = tonumber(redis.call('HGET', meta, 'started_ms') or now)
-  local latency = math.floor((now - started) / 10 + 0.5) / 100
+  local started = tonumber(redis.call('HGET', meta, 'started_ms') or clock())
+  local latency = math.floor((clock() - started) / 10 + 0.5) / 100
   redis.call('XADD', events, '*', 'e', error_event('worker', 'Worker lost', latency))
   finish(meta, events, 'failed', retention)
 end

@@ -2,8 +2,9 @@
 or a Redis Cluster), everything else on the queue server (standalone or Sentinel; by default
 both are the one server). The prefix separates deployments (and test runs) on one server.
 
-Every per-job key carries its job's *bucket* as a Redis Cluster hash tag (``{b<NN>}``,
-`BUCKETS` buckets, picked by CRC-32 of the job id): one job's keys share one slot, so every
+Every per-job key carries its job's *bucket* as a Redis Cluster hash tag (``{b<NN>.<n>}``,
+`BUCKETS` buckets, picked by CRC-32 of the job id; `BUCKET_TAGS` spaces them evenly over the
+slots): one job's keys share one slot, so every
 script stays within a slot, and the jobs of one bucket share a slot too, so one blocking XREAD
 can follow many streams of a bucket at once (the client's fan-out reads one bucket per read on
 a cluster, and every stream in one read on a single server).
@@ -11,11 +12,13 @@ a cluster, and every stream in one read on a single server).
 =================================  ======================================================
 key                                holds
 =================================  ======================================================
-``{prefix}:{b<NN>}:<job_id>:events``  the job's event stream (one entry per `StreamEvent`)
-``{prefix}:{b<NN>}:<job_id>:job``     hash: status, created_ms, nonce, start_timeout_ms,
+``{prefix}:{<tag>}:<job_id>:events``  the job's event stream (one entry per `StreamEvent`)
+``{prefix}:{<tag>}:<job_id>:job``     hash: status, created_ms, nonce, start_timeout_ms,
                                       start_deadline_ms, started_ms, finished_ms, worker,
                                       cancel
-``{prefix}:{b<NN>}:<job_id>:lease``   the running worker's liveness lease (short TTL)
+``{prefix}:{<tag>}:<job_id>:lease``   the running worker's liveness lease (short TTL)
+``{prefix}:{<tag>}:<job_id>:watchers``  hash: who follows the job now (watcher id ->
+                                        "<expiry ms>:<count>", see `presence`)
 
 queue server:
 
@@ -43,6 +46,7 @@ from ..exceptions import InvalidRequest
 
 __all__ = [
     "BUCKETS",
+    "BUCKET_TAGS",
     "DEFAULT_PREFIX",
     "DEFAULT_REDIS_URL",
     "JobKeys",
@@ -94,9 +98,82 @@ def bucket_of(job_id: str) -> int:
     return zlib.crc32(job_id.encode()) % BUCKETS
 
 
+#: The hash tag of each bucket (without braces). Bucket NN's tag is ``bNN.<n>`` with the
+#: smallest n whose Cluster slot lies in the middle half of slots NN*256 .. NN*256+255, so the
+#: 64 buckets sit evenly over the 16,384 slots and shards that split the slots evenly (as
+#: ``--cluster create`` does) get equal shares: 32/32 on 2 shards, 21-22 on 3, 16 each on 4,
+#: 8 each on 8. (Plain ``bNN`` tags would hash anywhere: 18-24 per shard on 3.)
+BUCKET_TAGS = (
+    "b00.63",
+    "b01.9",
+    "b02.36",
+    "b03.171",
+    "b04.177",
+    "b05.15",
+    "b06.69",
+    "b07.40",
+    "b08.300",
+    "b09.3",
+    "b10.61",
+    "b11.48",
+    "b12.177",
+    "b13.20",
+    "b14.124",
+    "b15.17",
+    "b16.143",
+    "b17.376",
+    "b18.28",
+    "b19.167",
+    "b20.66",
+    "b21.105",
+    "b22.33",
+    "b23.123",
+    "b24.44",
+    "b25.130",
+    "b26.11",
+    "b27.38",
+    "b28.352",
+    "b29.167",
+    "b30.64",
+    "b31.156",
+    "b32.76",
+    "b33.137",
+    "b34.41",
+    "b35.68",
+    "b36.29",
+    "b37.322",
+    "b38.306",
+    "b39.133",
+    "b40.162",
+    "b41.44",
+    "b42.38",
+    "b43.11",
+    "b44.32",
+    "b45.142",
+    "b46.67",
+    "b47.164",
+    "b48.24",
+    "b49.169",
+    "b50.130",
+    "b51.47",
+    "b52.8",
+    "b53.143",
+    "b54.31",
+    "b55.18",
+    "b56.9",
+    "b57.176",
+    "b58.26",
+    "b59.367",
+    "b60.68",
+    "b61.41",
+    "b62.1",
+    "b63.14",
+)
+
+
 def bucket_tag(bucket: int) -> str:
-    """The hash tag of a bucket's keys, braces included: ``{b07}``."""
-    return f"{{b{bucket:02d}}}"
+    """The hash tag of a bucket's keys, braces included: ``{b07.40}``."""
+    return "{" + BUCKET_TAGS[bucket] + "}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +182,7 @@ class JobKeys:
 
     prefix: str
     job_id: str
-    #: ``{prefix}:{b<NN>}:<job_id>``: what every per-job key starts with.
+    #: ``{prefix}:{<bucket tag>}:<job_id>``: what every per-job key starts with.
     base: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +205,10 @@ class JobKeys:
     @property
     def lease(self) -> str:
         return self.base + ":lease"
+
+    @property
+    def watchers(self) -> str:
+        return self.base + ":watchers"
 
     @property
     def queue(self) -> str:

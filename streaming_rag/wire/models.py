@@ -25,13 +25,16 @@ JOB_FUNCTION = "streaming_rag_answer"
 
 
 class JobRequest(BaseModel):
-    """What a client asks a worker to answer. `v` is the payload version."""
+    """What a client asks a worker to answer. `v` is the payload version. `trace` is the
+    submitter's trace context as a W3C carrier (``traceparent``, ``tracestate``), present only
+    when the submitter was tracing (OpenTelemetry, extra `otel`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     v: int = 1
     query: str
     context: dict[str, Any] | None = None
+    trace: dict[str, str] | None = None
 
     @field_validator("query")
     @classmethod
@@ -62,9 +65,14 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def parse_request(
-    query: Any, context: Any = None, *, max_query_chars: int = DEFAULT_MAX_QUERY_CHARS
+    query: Any,
+    context: Any = None,
+    *,
+    max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
+    trace: dict[str, str] | None = None,
 ) -> JobRequest:
-    """Validate a query and context into a `JobRequest`, or raise `InvalidRequest`."""
+    """Validate a query and context (and a trace carrier) into a `JobRequest`, or raise
+    `InvalidRequest`."""
     if not isinstance(query, str):
         raise InvalidRequest(f"query must be a str, got {type(query).__name__}")
     try:
@@ -82,7 +90,7 @@ def parse_request(
     if context is not None and not isinstance(context, dict):
         raise InvalidRequest(f"context must be a dict or None, got {type(context).__name__}")
     try:
-        return JobRequest(query=query, context=context)
+        return JobRequest(query=query, context=context, trace=trace or None)
     except ValidationError as exc:
         raise InvalidRequest(_first_error(exc)) from None
 
@@ -97,11 +105,15 @@ def request_from_payload(payload: Any) -> JobRequest:
         raise InvalidRequest(_first_error(exc)) from None
 
 
+_UNSET_TRACE = {"trace"}
+
+
 def arq_job_record(job_id: str, request: JobRequest, enqueue_ms: int) -> bytes:
     """arq's job record for `request`, msgpack-encoded as the worker's deserializer expects.
 
     arq stores ``{"t": try, "f": function, "a": args, "k": kwargs, "et": enqueue_ms}``; the
-    job's keyword arguments are ``job_id`` and ``request`` (the payload as a map).
+    job's keyword arguments are ``job_id`` and ``request`` (the payload as a map; ``trace``
+    only when set, so an untraced record is the same as before the field existed).
     """
     from .codec import pack_job
 
@@ -110,7 +122,12 @@ def arq_job_record(job_id: str, request: JobRequest, enqueue_ms: int) -> bytes:
             "t": None,
             "f": JOB_FUNCTION,
             "a": [],
-            "k": {"job_id": job_id, "request": request.model_dump()},
+            "k": {
+                "job_id": job_id,
+                "request": request.model_dump(
+                    exclude=_UNSET_TRACE if request.trace is None else None
+                ),
+            },
             "et": enqueue_ms,
         }
     )

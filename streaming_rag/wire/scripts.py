@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._lua import _END, _ID_LT, _NOW, Arg, ScriptCall
+from ._lua import _CLOCK, _END, _ID_LT, _NOW, Arg, ScriptCall
 from .keys import JobKeys
 from .queue_scripts import (
     CLAIM,
@@ -144,33 +144,38 @@ def start_call(keys: JobKeys, *, lease_ms: int, worker: str) -> ScriptCall:
 #: is below it lost its tail (a failover promoted a replica that missed writes), and the script
 #: writes nothing but the lease (the lost writes held the worker's lease refreshes too: it
 #: takes the lease again) and returns that top as a string, so the worker re-sends everything
-#: after it with the original ids. Appends only while the job is running and its lease is alive (a
-#: lease that expired, e.g. during an outage longer than the lease, ends the job here as
-#: "Worker lost": a worker never resurrects a job that others may have given up on);
-#: refreshes the lease, or (final batch) sets the final status and the retention TTL.
+#: after it with the original ids. Appends only while the job's lease is alive: a lease exists
+#: only while its job is `running` (START, CLAIM and HEARTBEAT set it on running jobs; every end
+#: deletes it or finds it expired), so the hot path reads no status and no clock: three
+#: commands per call (XREVRANGE, EXISTS, XADD per entry). The heartbeat owns the lease's
+#: renewal. A lease that expired (e.g. an outage longer than the lease) ends the job here as
+#: "Worker lost": a worker never resurrects a job that others may have given up on. A final
+#: batch sets the final status and the retention TTL and deletes the lease.
 #: Returns 1 (written, or a final batch found already written), the stream's top id (a gap),
 #: or 0 when the job is no longer running here (declared lost, or gone).
 PUBLISH = (
-    _NOW
+    _CLOCK
     + _END
     + _ID_LT
     + """
-local top = '0-0'
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if last[1] then top = last[1][1] end
-if redis.call('HGET', KEYS[2], 'status') ~= 'running' then
+local function not_running()
+  if redis.call('HGET', KEYS[2], 'status') == 'running' then
+    declare_lost(KEYS[2], KEYS[1], ARGV[3])
+    return 0
+  end
   local final_id = ARGV[#ARGV - 1]
   if ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[1], final_id, final_id) == 1 then return 1 end
   return 0
 end
+local top = '0-0'
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] then top = last[1][1] end
 if id_lt(top, ARGV[4]) then
+  if redis.call('HGET', KEYS[2], 'status') ~= 'running' then return not_running() end
   redis.call('SET', KEYS[3], 'resync', 'PX', ARGV[1])
   return top
 end
-if redis.call('PEXPIRE', KEYS[3], ARGV[1]) == 0 then
-  declare_lost(KEYS[2], KEYS[1], ARGV[3])
-  return 0
-end
+if redis.call('EXISTS', KEYS[3]) == 0 then return not_running() end
 for i = 5, #ARGV, 2 do
   if id_lt(top, ARGV[i]) then redis.call('XADD', KEYS[1], ARGV[i], 'e', ARGV[i + 1]) end
 end

@@ -47,6 +47,10 @@ class WorkerConfig:
     `metrics_port` serves Prometheus metrics on ``http://metrics_host:metrics_port/metrics``
     (extra `metrics`; `metrics_host` defaults to 127.0.0.1, this machine only; port 0 binds any
     free port). None (the default): no metrics. See `streaming_rag_worker.metrics`.
+
+    `abandon_after_s` (opt-in; None, the default: never) cancels a running job nobody has
+    watched for that many seconds (counted from its start), ending it with ERROR {"stage":
+    "generation", "msg": "Abandoned: nobody watching"}; see `streaming_rag_worker.abandon`.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
@@ -63,6 +67,7 @@ class WorkerConfig:
     startup_wait_s: float = 30.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    abandon_after_s: float | None = None
     name: str = field(default_factory=_default_name)
 
     def __post_init__(self) -> None:
@@ -85,6 +90,10 @@ class WorkerConfig:
                     f"metrics_port must be a port number 0-65535, got {self.metrics_port!r}"
                 )
             require_prometheus()
+        if self.abandon_after_s is not None and not self.abandon_after_s > 0:
+            raise WorkerConfigError(
+                f"abandon_after_s must be > 0 (or None: never), got {self.abandon_after_s}"
+            )
         if self.shutdown_grace_s < 0:
             raise WorkerConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
         if self.heartbeat_s * 2 > self.lease_s:
@@ -154,7 +163,7 @@ class WorkerConfig:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WorkerConfig:
         """Read `REDIS_URL`, `STREAMING_RAG_EVENTS_URL`, `STREAMING_RAG_APP`,
         `STREAMING_RAG_PREFIX`, `STREAMING_RAG_CONCURRENCY`, `STREAMING_RAG_RETENTION_S`,
-        `STREAMING_RAG_METRICS_PORT`;
+        `STREAMING_RAG_METRICS_PORT`, `STREAMING_RAG_ABANDON_AFTER_S`;
         `overrides` win (None values are ignored)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -166,6 +175,7 @@ class WorkerConfig:
             "STREAMING_RAG_CONCURRENCY": ("concurrency", int),
             "STREAMING_RAG_RETENTION_S": ("retention_s", float),
             "STREAMING_RAG_METRICS_PORT": ("metrics_port", int),
+            "STREAMING_RAG_ABANDON_AFTER_S": ("abandon_after_s", float),
         }
         for var, (attr, conv) in names.items():
             raw = env.get(var)

@@ -10,7 +10,8 @@ Lifecycle of one job on a worker:
    cancellations at once.
 3. The terminal event ends the job: GENERATION_DONE → `done`, ERROR → `failed`. Synthetic
    terminal events written here: cancellation → ERROR {"stage": "generation", "msg":
-   "Cancelled"} (`cancelled`); the event cap → ERROR {"stage": "generation"} (`failed`); an
+   "Cancelled"} (`cancelled`), or "Abandoned: nobody watching" when `abandon_after_s` cancelled it
+   (`abandon`); the event cap → ERROR {"stage": "generation"} (`failed`); an
    exception escaping the pipeline (e.g. a callback) → ERROR {"stage": "worker"}; worker
    shutdown → ERROR {"stage": "worker", "msg": "Worker shut down"}.
 """
@@ -29,12 +30,14 @@ from streaming_rag.wire import JobKeys, encode_event
 from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
 from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_call
 
-from . import metrics, usage
+from . import metrics, tracing, usage
 from ._retry import retrying
+from .abandon import ABANDONED_MSG, Unwatched
 from .config import WorkerConfig
 from .publisher import JobLost, Publisher
 
 __all__ = [
+    "ABANDONED_MSG",
     "CANCELLED_MSG",
     "JOB_FUNCTION",
     "SHUTDOWN_MSG",
@@ -83,6 +86,7 @@ class WorkerState:
         self.heartbeat_script = redis.register_script(HEARTBEAT)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_requested: set[str] = set()
+        self.abandoned: set[str] = set()  # cancelled by `abandon_after_s`: nobody watched
         # START verdicts of jobs the worker's CLAIM script already started (job id -> verdict)
         self._started: dict[str, str] = {}
 
@@ -107,6 +111,7 @@ class WorkerState:
 
 async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
     cfg = state.config
+    unwatched = Unwatched.for_job(state.redis, keys, cfg.abandon_after_s)
     while True:
         await asyncio.sleep(cfg.heartbeat_s)
         call = heartbeat_call(
@@ -119,6 +124,9 @@ async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
             continue
         status = status.decode() if isinstance(status, bytes) else status
         if status == "cancel":
+            state.request_cancel(keys.job_id)
+        elif status == "running" and unwatched is not None and await unwatched.abandoned():
+            state.abandoned.add(keys.job_id)
             state.request_cancel(keys.job_id)
         elif status != "running":
             pump = state.running.get(keys.job_id)
@@ -136,8 +144,10 @@ async def _pump(
     publisher, cap = state.publisher, state.config.max_events
     count = 0
     t0 = time.perf_counter()
+    trace = tracing.current()
     async with contextlib.aclosing(state.rag.astream_events(query, context)) as events:
         async for event in events:
+            trace.event(event.type, event.data)
             payload = encode_event(event.type, event.data, event.latency)
             final = _FINAL_STATUS.get(event.type)
             if final is not None:
@@ -247,12 +257,23 @@ async def run_query(
     state: WorkerState, keys: JobKeys, request: Any, *, queue_ms: int | None = None
 ) -> str:
     """Answer one query onto the job's stream. Returns the job's final status. `queue_ms`
-    (how long the job waited to be picked up) goes into the job's structured log lines."""
+    (how long the job waited to be picked up) goes into the job's structured log lines and
+    dates the start of its trace span (`tracing`)."""
+    with tracing.job_trace(keys, state.config.name, request, queue_ms) as trace:
+        status = await _run_query(state, keys, request, queue_ms=queue_ms)
+        trace.end(status)
+        return status
+
+
+async def _run_query(
+    state: WorkerState, keys: JobKeys, request: Any, *, queue_ms: int | None = None
+) -> str:
     job_id = keys.job_id
     started = await _start(state, keys)
     if started != "ok":
         logger.info("job %s not started: it is %s", job_id, started)
         return started
+    tracing.current().started()
     t0 = time.perf_counter()
     worker = state.config.name
     log_job(keys, worker, "running", **({} if queue_ms is None else {"queue_ms": queue_ms}))
@@ -292,7 +313,8 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
             terminal, status = await asyncio.shield(pump)
         except asyncio.CancelledError:
             if pump.cancelled() and job_id in state.cancel_requested:
-                terminal, status = error("generation", CANCELLED_MSG), "cancelled"
+                msg = ABANDONED_MSG if job_id in state.abandoned else CANCELLED_MSG
+                terminal, status = error("generation", msg), "cancelled"
             else:  # the worker is shutting down (arq cancelled this job)
                 pump.cancel()
                 with contextlib.suppress(BaseException):
@@ -314,3 +336,4 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
         beat.cancel()
         state.running.pop(job_id, None)
         state.cancel_requested.discard(job_id)
+        state.abandoned.discard(job_id)

@@ -243,20 +243,24 @@ class Publisher:
             return
         wait = bool(self._replicas) and any(log.final_status for log in logs)
         for attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for log, end in zip(logs, ends, strict=True):
-                    call = publish_call(
-                        log.keys,
-                        log.entries[log.sent : end],
-                        expected_top=log.expected_top,
-                        lease_ms=self._lease_ms,
-                        retention_ms=self._retention_ms,
-                        final_status=log.final_status if end == len(log.entries) else "",
-                    )
-                    pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
-                if wait:  # a job's end counts once a replica has it (see `_count_replicas`)
-                    pipe.execute_command("WAIT", self._replicas, self._ack_timeout_ms)
-                results = await pipe.execute(raise_on_error=False)
+            if len(logs) == 1 and not wait:  # one job (paced tokens): no pipeline machinery
+                call = self._call(logs[0], ends[0])
+                try:
+                    results = [
+                        await self._redis.evalsha(
+                            self._script.sha, len(call.keys), *call.keys, *call.args
+                        )
+                    ]
+                except NoScriptError as exc:
+                    results = [exc]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for log, end in zip(logs, ends, strict=True):
+                        call = self._call(log, end)
+                        pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
+                    if wait:  # a job's end counts once a replica has it (`_count_replicas`)
+                        pipe.execute_command("WAIT", self._replicas, self._ack_timeout_ms)
+                    results = await pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 self._script.sha = await self._redis.script_load(PUBLISH)
                 continue
