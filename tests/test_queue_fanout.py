@@ -158,3 +158,40 @@ async def test_cancelling_aclose_raises_instead_of_being_swallowed(redis_url, ke
     with pytest.raises(asyncio.CancelledError):
         await follower
     await rag.aclose()
+
+
+async def test_a_job_just_submitted_is_followed_without_a_catch_up_read(redis_url, key_prefix):
+    """`astream_events` joins the shared reader at once: its blocking XREAD from the stream's
+    start is the round trip after SUBMIT (no non-blocking catch-up read first)."""
+    async with running_worker(redis_url, key_prefix, make_rag(WordsLLM(["a", "b"]))):
+        rag = StreamingRAGClient(redis_url, prefix=key_prefix)
+        try:
+            transport = rag._async_transport()
+            reads: list[str] = []
+            own_read = transport.read
+
+            async def counted(keys: Any, cursor: str, block_ms: int | None) -> Any:
+                reads.append(cursor)
+                return await own_read(keys, cursor, block_ms)
+
+            transport.read = counted  # type: ignore[method-assign]
+            fresh = [e async for e in rag.astream_events("fresh")]
+            assert reads == []
+            (submitted,) = await _job_ids(redis_url, key_prefix)
+            later = [e async for e in rag.aevents(submitted)]
+            assert reads == ["0-0"]  # an existing job is caught up on first, as before
+        finally:
+            await rag.aclose()
+    assert [e.data for e in fresh if e.is_chunk] == ["a ", "b "]
+    assert later == fresh
+
+
+async def _job_ids(redis_url: str, prefix: str) -> list[str]:
+    """The ids of the jobs submitted under `prefix` (from the workers' sweep index)."""
+    import redis.asyncio as aredis
+
+    r = aredis.Redis.from_url(redis_url)
+    try:
+        return [m.decode() for m in await r.zrange(f"{prefix}:jobs", 0, -1)]
+    finally:
+        await r.aclose()

@@ -333,12 +333,12 @@ class StreamingRAGClient:
         return plan.job_id
 
     def _afollow(
-        self, keys: JobKeys, after: str | None, *, known: bool = True
+        self, keys: JobKeys, after: str | None, *, known: bool = True, fresh: bool = False
     ) -> AsyncGenerator[StreamEvent, None]:
         transport = self._async_transport()
         if self.fanout:
             assert self._fanout is not None
-            return self._fanout.follow(keys, after or "0-0", self._stats, known=known)
+            return self._fanout.follow(keys, after or "0-0", self._stats, known=known, fresh=fresh)
         return self._afollow_alone(transport, keys, after, known)
 
     async def _afollow_alone(
@@ -378,7 +378,7 @@ class StreamingRAGClient:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Async `stream_events`."""
         job_id = await self.asubmit(query, context)
-        async with aclosing(self._afollow(self._keys(job_id), None)) as events:
+        async with aclosing(self._afollow(self._keys(job_id), None, fresh=True)) as events:
             async for event in events:
                 yield event
 

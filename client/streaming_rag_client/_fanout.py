@@ -158,10 +158,20 @@ class Fanout:
 
     # -- subscriber side ----------------------------------------------------------------------
     async def follow(
-        self, keys: JobKeys, cursor: str, stats: StreamStats, *, known: bool = False
+        self,
+        keys: JobKeys,
+        cursor: str,
+        stats: StreamStats,
+        *,
+        known: bool = False,
+        fresh: bool = False,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Every event after `cursor` until the terminal one, counted into `stats`. `known`:
-        the job is known to exist (skips the existence check when nothing is there yet)."""
+        the job is known to exist (skips the existence check when nothing is there yet).
+        `fresh`: the caller has just submitted the job and follows it from the start, so it
+        joins the shared reader at once (no catch-up read first: the reader's blocking XREAD
+        from the stream's start is the next round trip, and a reader that was not running
+        needs no CLIENT UNBLOCK)."""
         stats.started()
         saw = stats.saw
         chunks = 0  # counted here, added to stats once at the end: no lock per event
@@ -169,9 +179,10 @@ class Fanout:
         self.presence.enter(keys)
         try:
             t = self._t
+            skip_catch_up = fresh and cursor == "0-0"
             while True:
-                # 1. catch up by ourselves
-                while True:
+                # 1. catch up by ourselves (not on a fresh job's first pass: nothing to catch)
+                while not skip_catch_up:
                     events = f.take(await t.read(keys, f.cursor, None))
                     stats.saw_page(events)
                     for event in events:
@@ -180,7 +191,9 @@ class Fanout:
                         return
                     if len(events) < READ_COUNT:
                         break
-                f.settle()
+                if not skip_catch_up:
+                    f.settle()
+                skip_catch_up = False
                 if f.done:
                     return  # the job ended at or before our cursor
                 if not known:

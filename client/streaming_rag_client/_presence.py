@@ -146,6 +146,7 @@ class FanoutPresence:
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._writing: asyncio.Future[None] | None = None  # the writer's call in flight
+        self._closing = False
 
     def count(self, keys: JobKeys) -> int:
         """How many of this fan-out's subscribers follow the job now."""
@@ -227,7 +228,7 @@ class FanoutPresence:
         changed = self._changed
         loop = asyncio.get_running_loop()
         next_refresh = 0.0
-        while self._counts or self._written:
+        while (self._counts or self._written) and not self._closing:
             changed.clear()
             now = loop.time()
             refresh = now >= next_refresh
@@ -236,6 +237,9 @@ class FanoutPresence:
                 try:
                     await self._write(batch)
                 except Exception as exc:  # an outage: the next round writes it again
+                    task = asyncio.current_task()
+                    if self._closing or (task is not None and task.cancelling()):
+                        raise asyncio.CancelledError from exc  # a cancel turned into an error
                     logger.debug("presence refresh failed: %s", exc)
                     next_refresh = now + self.refresh_s
                     await asyncio.sleep(self.refresh_s)  # a policy's wait, not a synchronisation
@@ -249,6 +253,7 @@ class FanoutPresence:
 
     async def aclose(self) -> None:
         """Stop writing; delete this fan-out's fields (one attempt, errors ignored)."""
+        self._closing = True  # the writer stops at its next step even if a cancel is lost
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()  # its CancelledError is a result here; the caller's propagates
