@@ -4,6 +4,9 @@ arrive once, in order, with the terminal event (and the retention TTL) last."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from streaming_rag import EventType
 from streaming_rag.wire import JobKeys
@@ -40,3 +43,41 @@ async def test_concurrent_jobs_are_coalesced_yet_each_stream_is_exact(
     total = 30 * (len(WORDS) + 4)
     assert publisher.events_sent == total
     assert publisher.round_trips < total / 4  # many events per round trip
+
+
+class _PacedLLM:
+    """Yields 20 tokens 5 ms apart (an LLM that paces its output)."""
+
+    async def astream(self, prompt: str) -> Any:
+        for i in range(20):
+            await asyncio.sleep(0.005)
+            yield f"p{i} "
+
+
+@pytest.mark.parametrize("flush_ms", [0.0, 200.0])
+async def test_a_coalescing_window_sends_paced_tokens_together(redis_url, key_prefix, flush_ms):
+    async with running_worker(
+        redis_url, key_prefix, make_rag(_PacedLLM()), flush_ms=flush_ms
+    ) as worker:
+        rag = StreamingRAGClient(redis_url, prefix=key_prefix)
+        try:
+            events = [e async for e in rag.astream_events("paced")]
+        finally:
+            await rag.aclose()
+        publisher = worker.runtime.state.publisher
+    assert [e.data for e in events if e.is_chunk] == [f"p{i} " for i in range(20)]
+    assert len({e.id for e in events}) == len(events) == 24
+    if flush_ms:  # the 100 ms answer fits in one or two 200 ms windows
+        assert publisher.round_trips <= 3
+    else:  # each token 5 ms apart goes on its own (a few may share a round trip)
+        assert publisher.round_trips >= 10
+
+
+def test_flush_ms_is_checked() -> None:
+    from streaming_rag.exceptions import WorkerConfigError
+    from streaming_rag_worker import WorkerConfig
+
+    assert WorkerConfig(flush_ms=2).flush_ms == 2
+    with pytest.raises(WorkerConfigError, match="flush_ms"):
+        WorkerConfig(flush_ms=-1)
+    assert WorkerConfig.from_env({"STREAMING_RAG_FLUSH_MS": "1.5"}).flush_ms == 1.5

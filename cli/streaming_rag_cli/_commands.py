@@ -107,6 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         retention_s=args.retention_s,
         abandon_after_s=args.abandon_after_s,
+        flush_ms=args.flush_ms,
         shutdown_grace_s=args.grace_s,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,

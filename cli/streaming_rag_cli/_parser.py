@@ -152,6 +152,13 @@ def _add_worker(sub: Any) -> None:
         "else 3600)",
     )
     p.add_argument(
+        "--flush-ms",
+        type=float,
+        metavar="MS",
+        help="coalescing window of the event publisher: fewer Redis calls per token for up to "
+        "MS of added latency (default: $STREAMING_RAG_FLUSH_MS, else 0: off)",
+    )
+    p.add_argument(
         "--abandon-after-s",
         type=_positive_float,
         metavar="S",

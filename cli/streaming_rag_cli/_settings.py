@@ -76,6 +76,7 @@ ENV_VARS = {
     "STREAMING_RAG_RETENTION_S": "worker: seconds a finished job's keys live (default 3600)",
     "STREAMING_RAG_METRICS_PORT": "worker: serve Prometheus metrics on this port of 127.0.0.1 "
     "(GET /metrics; needs the metrics extra; default: no metrics)",
+    "STREAMING_RAG_FLUSH_MS": "worker: the publisher's coalescing window in ms (default 0: off)",
     "STREAMING_RAG_ABANDON_AFTER_S": "worker: cancel a running job nobody has watched for this "
     "many seconds (default: never)",
     "STREAMING_RAG_DOCS": f"folder of .md/.txt files served by {FOLDER_APP} or {LLM_APP}",

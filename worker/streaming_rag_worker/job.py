@@ -79,7 +79,10 @@ class WorkerState:
         redis = self.redis
         self.metrics = metrics.for_config(config)
         self.publisher = Publisher(
-            redis, lease_ms=config.lease_ms, retention_ms=config.retention_ms
+            redis,
+            lease_ms=config.lease_ms,
+            retention_ms=config.retention_ms,
+            flush_ms=config.flush_ms,
         )
         self.publisher.metrics = self.metrics
         self.start_script = redis.register_script(START)
