@@ -6,11 +6,16 @@ its own virtualenv under the cache dir (their redis-py pins conflict with arq's)
 use and reused while it imports (`--fresh` rebuilds). A driver per peer
 (`bench/peers_drivers/NAME.py`, run by that venv's python) starts the peer's worker in a
 subprocess, enqueues one job at a time whose body pushes `time.time()` to a Redis list, and
-prints the samples as JSON; pickup = that stamp - the time just before the enqueue call. Before
-each peer submit the driver waits `--settle-ms` plus a random 0-2 ms (our run gets the same
-random 0-2 ms and no settle), so every worker is idle again in its blocking pop. Each peer uses
-its own queue name / key prefix, and its keys are deleted afterwards. A peer that cannot be
-installed or fails gets its reason in its row; the run goes on.
+prints the samples as JSON; pickup = that stamp - the time just before the enqueue call.
+
+Same conditions for every system: before each submit, every driver (ours included) waits
+`--settle-ms` plus a random 0-2 ms, so every worker is equally idle in its blocking pop (an
+idle process's next round trip costs more than a hot one's: giving one system less idle time
+than another biases the comparison). `--runs` runs alternate the order of the systems (reversed
+every run); each row shows the median over runs of each run's p50 and p99, with the spread
+[min-max] across runs. Each peer uses its own queue name / key prefix, and its keys are deleted
+afterwards. A peer that cannot be installed or fails gets its reason in its row; the run goes
+on.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -176,33 +182,46 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:
             row["error"] = str(exc)
         rows.append(row)
-    ours: dict[str, Any]
+    ours: dict[str, Any] = {"version": "streaming-rag (this tree)"}
+    settle_s = args.settle_ms / 1000
+    runs: dict[str, list[dict[str, Any]]] = {peer.name: [] for peer in chosen}
+    runs["ours"] = []
     with server() as (url, where):
-        for peer, row in zip(chosen, rows, strict=True):
-            if "error" in row:
-                continue
-            log(f"measuring {peer.label} ({args.jobs} jobs) ...")
-            try:
-                row.update(
-                    run_driver(pythons[peer.name], peer, url, args.jobs, args.settle_ms / 1000, 90)
-                )
-            except Exception as exc:
-                row["error"] = str(exc)
-        log(f"measuring ours ({args.jobs} jobs) ...")
-        try:
-            from .pickup import measure
+        systems: list[Any] = [*chosen, None]  # None: ours
+        for run in range(args.runs):
+            for peer in systems if run % 2 == 0 else systems[::-1]:
+                if peer is None:
+                    if "error" in ours:
+                        continue
+                    log(f"run {run + 1}: measuring ours ({args.jobs} jobs) ...")
+                    try:
+                        from .pickup import measure
 
-            ours = {
-                "version": "streaming-rag (this tree)",
-                **measure(url, "fast", args.jobs, JITTER_S),
-            }
-        except Exception as exc:
-            ours = {"error": f"{type(exc).__name__}: {exc}"}
+                        runs["ours"].append(measure(url, "fast", args.jobs, JITTER_S, settle_s))
+                    except Exception as exc:
+                        ours["error"] = f"{type(exc).__name__}: {exc}"
+                    continue
+                row = rows[chosen.index(peer)]
+                if "error" in row:
+                    continue
+                log(f"run {run + 1}: measuring {peer.label} ({args.jobs} jobs) ...")
+                try:
+                    got = run_driver(pythons[peer.name], peer, url, args.jobs, settle_s, 90)
+                    row["version"] = got.pop("version")
+                    runs[peer.name].append(got)
+                except Exception as exc:
+                    row["error"] = str(exc)
+    for peer, row in zip(chosen, rows, strict=True):
+        if "error" not in row:
+            row.update(_summary(runs[peer.name]))
+    if "error" not in ours:
+        ours.update(_summary(runs["ours"]))
     measured = [row for row in rows if "p50" in row]
     below = "p50" in ours and all(ours["p50"] < row["p50"] for row in measured)
     return {
         "server": where,
         "jobs": args.jobs,
+        "runs": args.runs,
         "settle_ms": args.settle_ms,
         "peers": rows,
         "ours": ours,
@@ -211,26 +230,43 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over runs of each run's p50 and p99, with their spreads."""
+    p50s = [r["p50"] for r in results]
+    p99s = [r["p99"] for r in results]
+    return {
+        "p50": statistics.median(p50s),
+        "p99": statistics.median(p99s),
+        "p50_range": [min(p50s), max(p50s)],
+        "p99_range": [min(p99s), max(p99s)],
+    }
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    low, high = row[f"{key}_range"]
+    return f"{row[key]:.2f} [{low:.2f}-{high:.2f}]"
+
+
 def print_table(result: dict[str, Any]) -> None:
     print(
-        f"peers: submit -> job code starts, ms, {result['jobs']} jobs each, one at a time "
-        f"({result['server']}; peers idle {result['settle_ms']:g} ms + 0-2 ms before each "
-        "submit, ours 0-2 ms)"
+        f"peers: submit -> job code starts, ms, {result['jobs']} jobs each, one at a time, "
+        f"{result['runs']} alternating runs ({result['server']}; every system idle "
+        f"{result['settle_ms']:g} ms + 0-2 ms before each submit)"
     )
-    print(f"{'peer':<17}{'version':<54}{'p50':>8}{'p99':>8}   issue p50/p99")
+    print(f"{'peer':<17}{'version':<40}{'p50 [spread]':>22}{'p99 [spread]':>22}")
     for row in result["peers"]:
-        quoted = "{:.1f} / {:.1f}".format(*row["quoted_ms"])
         if "error" in row:
             print(f"{row['peer']:<17}{'FAILED: ' + row['error']}")
             continue
         print(
-            f"{row['peer']:<17}{row['version']:<54}{row['p50']:>8.3f}{row['p99']:>8.3f}   {quoted}"
+            f"{row['peer']:<17}{row['version'][:39]:<40}"
+            f"{_cell(row, 'p50'):>22}{_cell(row, 'p99'):>22}"
         )
     ours = result["ours"]
     if "error" in ours:
         print(f"{'ours':<17}FAILED: {ours['error']}")
     else:
-        print(f"{'ours':<17}{ours['version']:<54}{ours['p50']:>8.3f}{ours['p99']:>8.3f}")
+        print(f"{'ours':<17}{ours['version']:<40}{_cell(ours, 'p50'):>22}{_cell(ours, 'p99'):>22}")
     total = len(result["peers"])
     count = result["peers_measured"]
     verdict = "YES" if result["ours_below_every_peer_p50"] else "NO"
@@ -247,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of: " + ",".join(peer.name for peer in PEERS),
     )
     parser.add_argument(
-        "--settle-ms", type=float, default=5.0, help="extra idle time before each peer submit (5)"
+        "--settle-ms",
+        type=float,
+        default=5.0,
+        help="idle time before each submit, for every system (5)",
     )
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs per system (3)")
     parser.add_argument("--cache-dir", type=Path, default=default_cache(), help="venvs live here")
     parser.add_argument("--fresh", action="store_true", help="rebuild the peers' venvs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -21,7 +21,11 @@ from ._common import new_prefix, percentiles, server, worker_process
 TARGET_P50_MS, TARGET_P99_MS = 1.5, 5.0
 
 
-def measure(url: str, kind: str, jobs: int, jitter_s: float) -> dict[str, float]:
+def measure(
+    url: str, kind: str, jobs: int, jitter_s: float, settle_s: float = 0.0
+) -> dict[str, float]:
+    """Pickup percentiles (ms) of `jobs` jobs, one at a time, each submitted after an idle
+    `settle_s` plus a random 0-`jitter_s` (the same idle the peers' drivers give theirs)."""
     prefix = new_prefix(f"pickup-{kind}")
     samples: list[float] = []
     rng = random.Random(7)
@@ -33,7 +37,7 @@ def measure(url: str, kind: str, jobs: int, jitter_s: float) -> dict[str, float]
             list(rag.stream_events("warm-up"))
         for _ in range(jobs):
             # submit at a random phase of a polling worker's cycle, not right after a job
-            time.sleep(rng.uniform(0, jitter_s))
+            time.sleep(settle_s + rng.uniform(0, jitter_s))
             before = time.time()
             job_id = rag.submit("pickup")
             for event in rag.events(job_id):
