@@ -30,7 +30,7 @@ class WorkerConfig:
 
     `app` is the import path `module:factory` of a zero-argument callable returning a
     `StreamingRAG` (built once per process at startup). `concurrency` is arq's `max_jobs`.
-    `lease_s` is the liveness lease TTL, refreshed every `heartbeat_s` (and by every publish).
+    `lease_s` is the liveness lease TTL, refreshed every `heartbeat_s` by the heartbeat.
     `retention_s` is how long a finished job's keys live. `max_events` caps one job's stream.
     `shutdown_grace_s` is how long running jobs may finish after SIGTERM before they end with
     an ERROR. `job_timeout_s` is arq's hard limit on one job. `startup_wait_s` is how long a
