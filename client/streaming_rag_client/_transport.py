@@ -42,16 +42,8 @@ import redis
 import redis.asyncio
 
 from streaming_rag.wire import JobKeys
-from streaming_rag.wire.presence import WATCH, WATCHERS, watch_call, watchers_call
+from streaming_rag.wire.presence import watch_call, watchers_call
 from streaming_rag.wire.scripts import (
-    CANCEL,
-    CHECK,
-    DEQUEUE,
-    ENQUEUE,
-    SUBMIT,
-    ScriptCall,
-    cancel_call,
-    check_call,
     dequeue_call,
 )
 
@@ -61,13 +53,11 @@ from ._outages import (
     READ_COUNT,
     RETRYABLE,
     TRANSIENT_REPLIES,
-    Outages,
-    is_cluster,
     raw_view,
     raw_xrange,
-    raw_xread,
     redacted,
 )
+from ._twin import ENDED, _Twin, cleanup_failed
 
 __all__ = [
     "READ_COUNT",
@@ -81,59 +71,6 @@ __all__ = [
 
 logger = logging.getLogger("streaming_rag.client")
 _T = TypeVar("_T")
-_ENDED = ("lost", "withdrawn")
-
-
-class _Twin:
-    """What both twins share: the two clients, the scripts, and each call's KEYS and ARGV."""
-
-    def __init__(
-        self,
-        client: Any,
-        url: str,
-        retention_ms: int,
-        *,
-        reconnect_s: float,
-        events: Any,
-        events_url: str | None,
-    ) -> None:
-        self.client = client
-        self.events = client if events is None else events
-        self.split = events is not None and events is not client
-        self.cluster = is_cluster(self.events)
-        self.raw = raw_view(self.events)
-        self.url = url
-        self.retention_ms = retention_ms
-        self.outages = Outages(url, reconnect_s)
-        self.event_outages = Outages(events_url or url, reconnect_s) if self.split else self.outages
-        self._submit = self.events.register_script(SUBMIT)
-        self._check = self.events.register_script(CHECK)
-        self._cancel = self.events.register_script(CANCEL)
-        self._enqueue = client.register_script(ENQUEUE)
-        self._dequeue = client.register_script(DEQUEUE)
-        self._watch = self.events.register_script(WATCH)
-        self._watchers = self.events.register_script(WATCHERS)
-
-    def _submit_call(self, plan: SubmitPlan) -> ScriptCall:
-        return plan.job_call if self.split else plan.call
-
-    def _check_call(self, keys: JobKeys) -> ScriptCall:
-        return check_call(keys, retention_ms=self.retention_ms, with_queue=not self.split)
-
-    def _cancel_call(self, keys: JobKeys) -> ScriptCall:
-        return cancel_call(keys, retention_ms=self.retention_ms, with_queue=not self.split)
-
-    def _xread(self, reply: Any) -> Any:
-        return raw_xread(reply) if self.cluster else reply
-
-
-def _cleanup_failed(keys: JobKeys, exc: BaseException) -> None:
-    logger.warning(
-        "job %s ended, but removing it from the queue failed (%s): a worker drops it when it "
-        "claims it",
-        keys.job_id,
-        exc,
-    )
 
 
 class SyncTransport(_Twin):
@@ -200,13 +137,13 @@ class SyncTransport(_Twin):
     def _queue_side(self, keys: JobKeys, verdict: str, *, publish: bool = False) -> None:
         """The queue half of a CHECK or CANCEL that ran on the events server alone."""
         try:
-            if verdict in _ENDED:
+            if verdict in ENDED:
                 c = dequeue_call(keys)
                 self.call(lambda: self._dequeue(keys=c.keys, args=c.args), queue=True)
             elif publish and verdict == "requested":
                 self.call(lambda: self.client.publish(keys.cancel_channel, keys.job_id), queue=True)
         except Exception as exc:  # best effort: see CHECK and CANCEL
-            _cleanup_failed(keys, exc)
+            cleanup_failed(keys, exc)
 
     def check(self, keys: JobKeys) -> str:
         call = self._check_call(keys)
@@ -324,7 +261,7 @@ class AsyncTransport(_Twin):
     async def _queue_side(self, keys: JobKeys, verdict: str, *, publish: bool = False) -> None:
         """The queue half of a CHECK or CANCEL that ran on the events server alone."""
         try:
-            if verdict in _ENDED:
+            if verdict in ENDED:
                 c = dequeue_call(keys)
                 await self.call(lambda: self._dequeue(keys=c.keys, args=c.args), queue=True)
             elif publish and verdict == "requested":
@@ -332,7 +269,7 @@ class AsyncTransport(_Twin):
                     lambda: self.client.publish(keys.cancel_channel, keys.job_id), queue=True
                 )
         except Exception as exc:  # best effort: see CHECK and CANCEL
-            _cleanup_failed(keys, exc)
+            cleanup_failed(keys, exc)
 
     async def check(self, keys: JobKeys) -> str:
         call = self._check_call(keys)
@@ -359,7 +296,7 @@ class AsyncTransport(_Twin):
         verdicts = [text(v) for v in await self.call(once)]
         if self.split:
             for keys, verdict in zip(many, verdicts, strict=True):
-                if verdict in _ENDED:
+                if verdict in ENDED:
                     await self._queue_side(keys, verdict)
         return verdicts
 
