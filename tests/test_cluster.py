@@ -244,3 +244,33 @@ async def test_an_unreachable_events_cluster_is_a_typed_error_naming_it_masked(
         await asyncio.wait_for(worker.async_run(), WAIT_S)
     await worker.close()
     assert "s3cret" not in str(worker_info.value)
+
+
+async def test_a_queue_server_restart_mid_answer_leaves_the_answer_on_the_cluster_whole(
+    tmp_path: Any, key_prefix: str, valkey_cluster: EmbeddedCluster
+) -> None:
+    """Events on the cluster, the queue on its own server, restarted (SIGTERM, AOF kept) while
+    an answer streams: the answer goes on (its keys, heartbeats and publishes are all on the
+    cluster), every subscriber gets it whole, and the worker takes the next job once the queue
+    server is back (ENQUEUE, the wake-up and CLAIM on the restarted server)."""
+    from streaming_rag_cli.embedded import EmbeddedValkey
+
+    with EmbeddedValkey(data_dir=tmp_path / "queue", appendonly=True) as queue:
+
+        def restart(slot: int, llm: SteppedLLM, loop: asyncio.AbstractEventLoop) -> None:
+            queue.restart()
+            loop.call_soon_threadsafe(llm.go, 1)
+
+        lists, replay, llm, _ = await _answer_across(queue.url, key_prefix, valkey_cluster, restart)
+        for trace in lists:
+            assert_exact(trace, replay)
+            assert [e.data for e in trace if e.is_chunk] == llm.tokens()
+        async with running_worker(
+            queue.url, key_prefix, make_rag(WordsLLM(["after"])), events_url=valkey_cluster.url
+        ):
+            rag = StreamingRAGClient(queue.url, events_url=valkey_cluster.url, prefix=key_prefix)
+            try:
+                after = await asyncio.wait_for(rag.aquery("after the restart"), WAIT_S)
+            finally:
+                await rag.aclose()
+        assert after["answer"] == "after "

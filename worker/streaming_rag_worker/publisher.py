@@ -247,7 +247,7 @@ class Publisher:
         ends = [len(log.entries) for log in logs]
         t0 = time.perf_counter()
         if self._cluster:
-            await self._send_each(logs, ends)
+            await self._send_each(logs, ends, t0)
             return
         wait = bool(self._replicas) and any(log.final_status for log in logs)
         for attempt in range(2):
@@ -295,11 +295,10 @@ class Publisher:
             final_status=log.final_status if end == len(log.entries) else "",
         )
 
-    async def _send_each(self, logs: list[_JobLog], ends: list[int]) -> None:
+    async def _send_each(self, logs: list[_JobLog], ends: list[int], t0: float) -> None:
         """A cluster's flush: each job's PUBLISH on its own (concurrently), a job's end then
         WAITs for a replica of its shard. An error of any fails the whole batch, which is
         sent again (idempotent)."""
-        t0 = time.perf_counter()
 
         async def one(log: _JobLog, end: int) -> tuple[Any, bool]:
             call = self._call(log, end)
