@@ -24,6 +24,7 @@ ORDER = (
     "overhead",
     "pickup",
     "peers",
+    "resumable",
     "ttft",
     "publish",
     "fanout",
