@@ -10,6 +10,7 @@ that stops answering raises `DriverError`.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -109,13 +110,15 @@ class Driver:
             ["node", str(DRIVER_DIR / script), url, key_prefix],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "BENCH_NODE_MODULES": str(modules)},
         )
         self.pid = self.proc.pid
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_stderr, daemon=True).start()
         self.versions: dict[str, str] = self.expect("started")["versions"]
 
     def _pump(self) -> None:
@@ -126,6 +129,12 @@ class Driver:
             except ValueError:
                 continue
         self._answers.put(None)  # end of output: the process is gone
+
+    def _pump_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if line.strip():
+                self._stderr.append(line.strip())
 
     def send(self, command: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -144,7 +153,10 @@ class Driver:
             except queue.Empty:
                 raise DriverError(f"no {key!r} answer within {timeout_s:.0f} s") from None
             if answer is None:
-                raise DriverError(f"driver exited (code {self.proc.poll()}) before {key!r}")
+                code = self.proc.wait(10)
+                said = next((line for line in reversed(self._stderr) if "Error" in line), "")
+                said = said or (self._stderr[-1] if self._stderr else "no stderr")
+                raise DriverError(f"driver exited (code {code}) before {key!r}: {said[:200]}")
             if "error" in answer:
                 raise DriverError(str(answer["error"])[:300])
             if key in answer:
