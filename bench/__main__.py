@@ -9,6 +9,10 @@ BENCHMARKS = {
     "overhead": ("bench.overhead", "per-chunk cost of the streaming surfaces (default)"),
     "pickup": ("bench.pickup", "submit -> job start, ours vs stock arq"),
     "peers": ("bench.peers", "submit -> job start: taskiq-redis, SAQ, Celery, RQ vs ours"),
+    "resumable": (
+        "bench.resumable",
+        "producer CPU, lag, late join, kill: ours vs Vercel's resumable-stream (Node)",
+    ),
     "fanout": ("bench.fanout", "lag and CPU with 1..1,000 subscribers of one job"),
     "web": ("bench.web", "HTTP bridge: CPU per SSE message at 100..1,000 watchers, burst"),
     "ttft": ("bench.ttft", "submit -> first CHUNK at a subscriber, vs in-process"),

@@ -28,6 +28,7 @@ ORDER = (
     "overhead",
     "pickup",
     "peers",
+    "resumable",
     "ttft",
     "publish",
     "fanout",
