@@ -35,7 +35,7 @@ from ._common import worker_process as worker
 from ._tools import drop_prefix, emit_json
 from .resumable_node import NodeUnavailable, Theirs, check_node, default_cache, ensure_packages
 from .resumable_ours import APP, Ours
-from .resumable_report import format_table, summarize
+from .resumable_report import format_table, record, summarize
 
 LEVELS = (0, 1, 10, 100)
 QUICK_LEVELS = (0, 10)
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumable: could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     result = summarize(raw)
+    record(result)
     if args.json:
         emit_json(result)
     else:

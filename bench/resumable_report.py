@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from ._tools import verdict
+from ._tools import scorecard, verdict
 
 SYSTEMS = ("ours", "theirs")
 FLAT_WITHIN = 0.10
@@ -197,3 +197,36 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _row(rows: list[dict[str, Any]], pace: float, readers: int) -> dict[str, Any] | None:
+    for row in rows:
+        if row["pace_ms"] == pace and row["readers"] == readers:
+            return row
+    return None
+
+
+def record(result: dict[str, Any]) -> None:
+    """The scorecard rows of `python -m bench all`: the two targets, each beside the peer."""
+    rows, paced = result["rows"], result["interval_ms"]
+    first, second = result["targets"]
+    idle = _row(rows, paced, 0)
+    if idle is not None and first["verdict"] is not None:
+        scorecard(
+            f"worker CPU per token, {paced:g} ms pace, 0 readers (µs)",
+            cell(idle["ours"]["cpu_us_per_token"], 0),
+            f"resumable-stream {cell(idle['theirs']['cpu_us_per_token'], 0)}",
+            "<= resumable-stream's",
+            first["verdict"] == "PASS",
+        )
+    busy = _row(rows, paced, TOP_LEVEL)
+    if idle is not None and busy is not None and second["verdict"] is not None:
+        ours = cell(busy["ours"]["cpu_us_per_token"], 0)
+        theirs = cell(busy["theirs"]["cpu_us_per_token"], 0)
+        scorecard(
+            f"producer CPU per token at {TOP_LEVEL} readers (µs), growth from 0",
+            f"{ours} ({_pct(second['ours_growth'])})",
+            f"resumable-stream {theirs} ({_pct(second['theirs_growth'])})",
+            f"flat within {FLAT_WITHIN:.0%}",
+            second["verdict"] == "PASS",
+        )
