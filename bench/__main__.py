@@ -17,6 +17,7 @@ BENCHMARKS = {
     "web": ("bench.web", "HTTP bridge: CPU per SSE message at 100..1,000 watchers, burst"),
     "ttft": ("bench.ttft", "submit -> first CHUNK at a subscriber, vs in-process"),
     "publish": ("bench.publish", "events/s one worker publishes, vs raw redis-py XADD"),
+    "paced": ("bench.paced", "worker and server CPU per token, tokens 5 ms apart, vs a PING"),
     "replay": ("bench.replay", "events/s reading a finished 10,000-event trace"),
     "memory": ("bench.memory", "Redis bytes per event / per job, worker RSS over 10,000 jobs"),
     "outage": ("bench.outage", "a Redis restart / crash mid-answer: recovery time, events lost"),

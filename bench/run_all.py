@@ -31,6 +31,7 @@ ORDER = (
     "resumable",
     "ttft",
     "publish",
+    "paced",
     "fanout",
     "web",
     "replay",

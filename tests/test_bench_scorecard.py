@@ -73,3 +73,37 @@ def test_the_resumable_bench_records_its_two_targets_beside_the_peer(
     first, second = _tools.read_scorecard(str(card))
     assert first["verdict"] == "MISS" and "resumable-stream 120" in first["against"]
     assert second["verdict"] == "MISS" and "+" in second["measured"]
+
+
+def _paced_result(server_us: list[float]) -> dict[str, object]:
+    row = {"worker_us": [150.0, 160.0, 170.0], "server_us": server_us}
+    windowed = {"worker_us": [120.0], "server_us": [30.0]}
+    return {
+        "server": "embedded",
+        "tokens": 10,
+        "interval_ms": 5.0,
+        "runs": 3,
+        "flush_ms": {"0": row, "10": windowed},
+        "ping": {"client_us": [100.0], "server_us": [30.0, 31.0, 32.0]},
+        "target_server_us": 20.0,
+        "verdict": _tools.verdict(sorted(server_us)[1] <= 20.0),
+    }
+
+
+def test_the_paced_bench_prints_and_records_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import paced
+
+    card = tmp_path / "rows.jsonl"
+    monkeypatch.setenv(_tools.SCORECARD_ENV, str(card))
+    result = _paced_result([60.0, 50.0, 70.0])
+    paced._print(result)
+    paced._record(result)
+    out = capsys.readouterr().out
+    assert "60 [50-70]" in out and out.rstrip().endswith("MISS")
+    (row,) = _tools.read_scorecard(str(card))
+    assert row["measured"].startswith("60 [50-70]; flush_ms 10: 30")
+    assert row["against"] == "one PING round trip 31 [30-32]" and row["verdict"] == "MISS"
+    with pytest.raises(SystemExit):
+        paced.main(["--runs", "0"])
