@@ -62,7 +62,18 @@ class _Watched:
     subscribers, the future they wait on, and when the reader last saw an entry (for the
     liveness CHECK)."""
 
-    __slots__ = ("base", "follower", "keys", "last_seen", "limit", "log", "subs", "waiter")
+    __slots__ = (
+        "base",
+        "follower",
+        "keys",
+        "last_seen",
+        "limit",
+        "log",
+        "marks",
+        "page",
+        "subs",
+        "waiter",
+    )
 
     def __init__(self, keys: JobKeys, cursor: str, now: float, limit: int) -> None:
         self.keys = keys
@@ -72,6 +83,11 @@ class _Watched:
         self.limit = max(1, limit)
         self.log: list[Any] = []
         self.base = 0
+        #: the indices of the log's entries that are not chunks (lifecycle events, the terminal
+        #: one, `_Raise` entries), ascending: page readers cut their pages there
+        self.marks: list[int] = []
+        #: the last page handed out, `(start, stop, events)`: shared by the readers at `start`
+        self.page: tuple[int, int, list[Any]] | None = None
         self.waiter: asyncio.Future[None] | None = None
 
     @property
@@ -102,6 +118,10 @@ class _Watched:
         """Append a batch (events, `_Raise` entries), trim, and wake the waiting subscribers
         once."""
         log = self.log
+        end = self.base + len(log)
+        for k, item in enumerate(items):
+            if type(item) is _Raise or item.type is not _CHUNK:
+                self.marks.append(end + k)
         log += items
         if len(log) >= TRIM_AT or len(log) > self.limit:
             self.trim()
@@ -110,6 +130,7 @@ class _Watched:
     def post(self, item: _Raise) -> None:
         """Append one marker (an error, or `_OVERFLOW`) for every subscriber, never trimmed
         away from under them."""
+        self.marks.append(self.base + len(self.log))
         self.log.append(item)
         self.wake()
 
@@ -127,6 +148,9 @@ class _Watched:
         if low > self.base:
             del self.log[: low - self.base]
             self.base = low
+            marks = self.marks
+            if marks and marks[0] < low:
+                self.marks = [m for m in marks if m >= low]
 
 
 class _Group:
