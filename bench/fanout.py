@@ -9,8 +9,9 @@ The worker (its own process) waits 1 s (while the subscribers attach), then stre
 - client µs/sub-ev: this process's CPU seconds from the moment every subscriber has attached
   (each got its first event) to the end of the job, divided by events x subscribers (the
   reader's own decode is shared, so it shrinks per subscriber as they grow; target at 1,000).
-- gen0/sub-ev: how many young-generation collections the run caused x the gen-0 threshold,
-  per subscriber-event: an upper bound on the GC-tracked objects each delivery allocates.
+- gen0/sub-ev: young-generation collections during the run x the gen-0 threshold, per
+  subscriber-event: the GC-tracked objects (allocations net of deallocations) that drive
+  collections, e.g. the wake-up handles of 1,000 subscribers queued at once.
 - max GC ms: the longest collector pause during the run (`gc.callbacks`).
 - worker / server µs/ev: their CPU over the job per event written (the worker's must not
   depend on the number of subscribers: watchers cost it nothing).
