@@ -36,7 +36,7 @@ from streaming_rag_client import StreamingRAGClient
 
 from ._common import cpu_seconds, new_prefix, percentiles, server, server_cpu_seconds
 from ._common import worker_process as worker
-from ._tools import verdict
+from ._tools import scorecard, verdict
 
 LEVELS = (1, 10, 100, 1000)
 TARGETS_P99_MS = {100: 5.0, 1000: 25.0}
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "pass": all(checks.values()),
     }
+    _record(rows)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -232,3 +233,33 @@ def main(argv: list[str] | None = None) -> int:
         "'gen0/sub-ev': young collections x threshold per subscriber-event"
     )
     return 0
+
+
+def _cell(f: dict[str, float], digits: int = 1) -> str:
+    return f"{f['median']:.{digits}f} [{f['min']:.{digits}f}-{f['max']:.{digits}f}]"
+
+
+def _record(rows: list[dict[str, Any]]) -> None:
+    """The scorecard rows: p99 lag and µs per subscriber-event at 1,000, beside 1 subscriber
+    and the gc.freeze() run."""
+    by = {(r["subscribers"], r["gc_freeze"]): r for r in rows}
+    top, one, frozen = by.get((1000, False)), by.get((1, False)), by.get((1000, True))
+    if top is None:
+        return
+    against = f"1 subscriber {_cell(one['lag_p99_ms'])}" if one else "-"
+    if frozen:
+        against += f"; gc.freeze() {_cell(frozen['lag_p99_ms'])}"
+    scorecard(
+        "fan-out p99 lag, 1,000 subscribers, default GC (ms)",
+        _cell(top["lag_p99_ms"]),
+        against,
+        f"<= {TARGETS_P99_MS[1000]:g}",
+        top["lag_p99_ms"]["median"] <= TARGETS_P99_MS[1000],
+    )
+    scorecard(
+        "fan-out client CPU per subscriber-event, 1,000 subscribers (µs)",
+        _cell(top["client_us_per_sub_event"], 2),
+        f"longest GC pause {_cell(top['longest_gc_pause_ms'])} ms",
+        f"<= {TARGET_US_PER_SUB_EVENT:g}",
+        top["client_us_per_sub_event"]["median"] <= TARGET_US_PER_SUB_EVENT,
+    )
