@@ -5,9 +5,9 @@ Lifecycle of one job on a worker:
 1. START script: `queued` → `running` and the lease is taken. A job that was withdrawn or
    cancelled while queued (or is unknown) is skipped.
 2. The pipeline's `astream_events` runs in a task; each event is encoded and handed to the
-   `Publisher` as it comes (order kept). A heartbeat task refreshes the lease every
-   `heartbeat_s` and watches for a cancellation flag; the worker's pub/sub listener delivers
-   cancellations at once.
+   `Publisher` as it comes (order kept). The process's `Heartbeats` refresh the lease of every
+   running job every `heartbeat_s` in one round trip and watch for a cancellation flag; the
+   worker's pub/sub listener delivers cancellations at once.
 3. The terminal event ends the job: GENERATION_DONE → `done`, ERROR → `failed`. Synthetic
    terminal events written here: cancellation → ERROR {"stage": "generation", "msg":
    "Cancelled"} (`cancelled`), or "Abandoned: nobody watching" when `abandon_after_s` cancelled it
@@ -28,12 +28,13 @@ from streaming_rag import EventType, StreamingRAG
 from streaming_rag.exceptions import InvalidRequest
 from streaming_rag.wire import JobKeys, encode_event
 from streaming_rag.wire.models import JOB_FUNCTION, request_from_payload
-from streaming_rag.wire.scripts import HEARTBEAT, START, heartbeat_call, start_call
+from streaming_rag.wire.scripts import START, start_call
 
 from . import metrics, tracing, usage
 from ._retry import retrying
-from .abandon import ABANDONED_MSG, Unwatched
+from .abandon import ABANDONED_MSG
 from .config import WorkerConfig
+from .heartbeats import Heartbeats
 from .publisher import JobLost, Publisher
 
 __all__ = [
@@ -86,7 +87,9 @@ class WorkerState:
         )
         self.publisher.metrics = self.metrics
         self.start_script = redis.register_script(START)
-        self.heartbeat_script = redis.register_script(HEARTBEAT)
+        self.heartbeats = Heartbeats(
+            redis, config, on_cancel=self._cancel_here, is_running=self._pump_runs
+        )
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.cancel_requested: set[str] = set()
         self.abandoned: set[str] = set()  # cancelled by `abandon_after_s`: nobody watched
@@ -102,6 +105,15 @@ class WorkerState:
         claimed by `StreamingWorker` (the job function must run START itself)."""
         return self._started.pop(job_id, None)
 
+    def _cancel_here(self, job_id: str, abandoned: bool) -> None:
+        if abandoned:
+            self.abandoned.add(job_id)
+        self.request_cancel(job_id)
+
+    def _pump_runs(self, job_id: str) -> bool:
+        pump = self.running.get(job_id)
+        return pump is not None and not pump.done()
+
     def request_cancel(self, job_id: str) -> bool:
         """Cancel a job running in this process; False if it does not run here."""
         task = self.running.get(job_id)
@@ -110,33 +122,6 @@ class WorkerState:
         self.cancel_requested.add(job_id)
         task.cancel()
         return True
-
-
-async def _heartbeat(state: WorkerState, keys: JobKeys) -> None:
-    cfg = state.config
-    unwatched = Unwatched.for_job(state.redis, keys, cfg.abandon_after_s)
-    while True:
-        await asyncio.sleep(cfg.heartbeat_s)
-        call = heartbeat_call(
-            keys, lease_ms=cfg.lease_ms, worker=cfg.name, retention_ms=cfg.retention_ms
-        )
-        try:
-            status = await state.heartbeat_script(keys=call.keys, args=call.args)
-        except Exception as exc:  # an outage: the next beat retries, the lease has slack
-            logger.debug("heartbeat for job %s failed: %s", keys.job_id, exc)
-            continue
-        status = status.decode() if isinstance(status, bytes) else status
-        if status == "cancel":
-            state.request_cancel(keys.job_id)
-        elif status == "running" and unwatched is not None and await unwatched.abandoned():
-            state.abandoned.add(keys.job_id)
-            state.request_cancel(keys.job_id)
-        elif status != "running":
-            pump = state.running.get(keys.job_id)
-            if pump is None or pump.done():
-                return  # the job just finished here: its terminal event is being written
-            logger.warning("job %s is %s in Redis; stopping it here", keys.job_id, status)
-            state.request_cancel(keys.job_id)
 
 
 async def _pump(
@@ -308,7 +293,7 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
     ctx, used = usage.scope()
     pump = asyncio.create_task(_pump(state, keys, req.query, req.context, used), context=ctx)
     state.running[job_id] = pump
-    beat = asyncio.create_task(_heartbeat(state, keys))
+    state.heartbeats.add(keys)
     terminal: bytes
     status: str
     try:
@@ -336,7 +321,7 @@ async def _answer(state: WorkerState, keys: JobKeys, request: Any, t0: float) ->
         written = await asyncio.shield(_finish(state, keys, terminal, status))
         return status if written else "lost"
     finally:
-        beat.cancel()
+        state.heartbeats.discard(job_id)
         state.running.pop(job_id, None)
         state.cancel_requested.discard(job_id)
         state.abandoned.discard(job_id)

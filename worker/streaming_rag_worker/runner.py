@@ -147,6 +147,7 @@ class WorkerRuntime:
                 await task
         if self._state is not None:
             await self._state.metrics.aclose()
+            await self._state.heartbeats.aclose()
             await self._state.publisher.aclose()
             if self._state.split:
                 with contextlib.suppress(Exception):
