@@ -125,3 +125,28 @@ class ClockLLM:
 
 def clock_app() -> StreamingRAG:
     return StreamingRAG(InstantBackend(), ClockLLM(), StreamConfig())
+
+
+class ScheduledLLM:
+    """For the capacity benchmark: reads `at=T`, `phase=P`, `tokens=N` and `interval=S` from the
+    prompt and yields N tokens on the wall-clock schedule `T + P + k*S` (k = 0..N-1), each
+    `"<scheduled>/<produced> "`: when the token was due and the `time.time()` at which the job
+    yielded it. A job whose loop falls behind yields its overdue tokens at once (as a real
+    LLM's buffered network stream would), so `produced - scheduled` is the worker's own delay."""
+
+    async def astream(self, prompt: str) -> AsyncIterator[str]:
+        import asyncio
+
+        words = dict(w.split("=", 1) for w in prompt.split() if "=" in w)
+        start = float(words["at"]) + float(words.get("phase", "0"))
+        interval = float(words.get("interval", "0.02").strip(".:"))
+        for k in range(int(words.get("tokens", "1").strip(".:"))):
+            due = start + k * interval
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield f"{due:.6f}/{time.time():.6f} "
+
+
+def capacity_app() -> StreamingRAG:
+    return StreamingRAG(InstantBackend(), ScheduledLLM(), StreamConfig())

@@ -27,6 +27,7 @@ ORDER = (
     "ttft",
     "publish",
     "fanout",
+    "capacity",
     "web",
     "replay",
     "memory",

@@ -1,0 +1,195 @@
+"""One measured run of the capacity benchmark: N answers at once through one worker process.
+
+Every answer is a `bench.apps:capacity_app` job whose tokens are due on a wall-clock schedule
+(`at + phase + k * interval`, the phases spread evenly over one interval so the N answers do
+not tick together); each token carries when it was due and when the job yielded it. All N
+subscribers (one per answer) live in this process and share the async client's one fan-out
+reader. CPU is sampled (worker, server, this client process) by a thread at the two ends of
+the steady window, which opens `skip_s` after the answers' first tokens are due and closes
+just before the earliest answer's last token: every answer runs through all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from streaming_rag import EventType
+from streaming_rag_client import StreamingRAGClient
+
+from ._common import cpu_seconds, percentiles, server_cpu_seconds
+
+#: the pipeline every answer runs (`bench.apps.ScheduledLLM`)
+APP = "bench.apps:capacity_app"
+#: submits in flight at once (each holds one pooled connection)
+SUBMIT_CONCURRENCY = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run's shape: `answers` concurrent answers of `tokens` tokens `interval_s` apart,
+    the first due `lead_s` after the submits begin; the window skips the first `skip_s`."""
+
+    answers: int
+    tokens: int = 150
+    interval_s: float = 0.02
+    skip_s: float = 1.0
+    lead_s: float = 0.0  # 0: 1 s + 2 ms per answer (time to submit and start them all)
+
+    def lead(self) -> float:
+        return self.lead_s or 1.0 + 0.002 * self.answers
+
+    def window(self, at: float) -> tuple[float, float]:
+        """The steady window for answers whose tokens are first due at `at` (+ phase)."""
+        start = at + self.interval_s + self.skip_s
+        end = at + (self.tokens - 1) * self.interval_s - 0.15
+        if end - start < 0.2:
+            raise ValueError(
+                f"{self.tokens} tokens {self.interval_s * 1000:g} ms apart leave no steady "
+                f"window after skipping {self.skip_s} s"
+            )
+        return start, end
+
+    def query(self, at: float, index: int) -> str:
+        phase = index * self.interval_s / self.answers
+        return (
+            f"capacity at={at:.6f} phase={phase:.6f} tokens={self.tokens} "
+            f"interval={self.interval_s} end"
+        )
+
+
+Sample = tuple[float, float, float, float]  # wall time, worker, server, client CPU seconds
+
+
+class Sampler(threading.Thread):
+    """Samples CPU seconds at two wall-clock times (in a thread: the event loop may be busy)."""
+
+    def __init__(
+        self, url: str, worker_pid: int, times: tuple[float, float], *, profile: bool = False
+    ) -> None:
+        super().__init__(daemon=True)
+        self.url, self.worker_pid, self.times = url, worker_pid, times
+        #: signal the worker's stack sampler (`bench._worker`) at the window's ends
+        self.signals = (signal.SIGUSR1, signal.SIGUSR2) if profile else ()
+        self.samples: list[Sample] = []
+        self.stop = threading.Event()
+
+    def sample(self) -> Sample:
+        worker, client = cpu_seconds(self.worker_pid), cpu_seconds(os.getpid())
+        server = server_cpu_seconds(self.url)
+        return time.time(), worker, server, client
+
+    def run(self) -> None:
+        for i, due in enumerate(self.times):
+            if self.stop.wait(max(0.0, due - time.time())):
+                return
+            if self.signals and i:
+                os.kill(self.worker_pid, self.signals[i])
+            self.samples.append(self.sample())
+            if self.signals and not i:
+                os.kill(self.worker_pid, self.signals[i])
+
+
+def parse_tokens(received: list[tuple[float, str]]) -> list[tuple[float, float, float]]:
+    """`(due, produced, received)` per token from `(received, "<due>/<produced> ")` pairs."""
+    out = []
+    for got, data in received:
+        due, produced = data.split("/")
+        out.append((float(due), float(produced), got))
+    return out
+
+
+def summarise(
+    plan: Plan,
+    answers: list[list[tuple[float, float, float]]],
+    samples: list[Sample],
+    failures: list[str],
+    submit_s: float,
+) -> dict[str, Any]:
+    """The run's figures from every answer's tokens and the two CPU samples; `failures` names
+    each answer that ended in an ERROR event (its stage) or raised (the exception's type).
+
+    The worker's CPU is per token produced in the window; the server's and the client's per
+    token received in it (a worker that falls behind writes less than it produces: `keeps_up`
+    is received / produced, below 1 when a backlog grows). Lags are over the tokens produced
+    in the window."""
+    (t0, w0, s0, c0), (t1, w1, s1, c1) = samples
+    made = [tok for answer in answers for tok in answer if t0 <= tok[1] <= t1]
+    got = sum(1 for answer in answers for tok in answer if t0 <= tok[2] <= t1)
+    produced, received = max(1, len(made)), max(1, got)
+    wall = t1 - t0
+    running = sum(1 for a in answers if a and a[0][1] <= t0 and a[-1][1] >= t1)
+    return {
+        "answers": plan.answers,
+        "tokens_per_answer": plan.tokens,
+        "window_s": wall,
+        "produced_in_window": len(made),
+        "received_in_window": got,
+        "keeps_up": got / produced,
+        "worker_us_per_token": (w1 - w0) / produced * 1e6,
+        "server_us_per_token": (s1 - s0) / received * 1e6,
+        "client_us_per_token": (c1 - c0) / received * 1e6,
+        "worker_cpu_pct": (w1 - w0) / wall * 100,
+        "server_cpu_pct": (s1 - s0) / wall * 100,
+        "client_cpu_pct": (c1 - c0) / wall * 100,
+        "lag_ms": percentiles([(r - p) * 1000 for _, p, r in made] or [0.0]),
+        "due_lag_ms": percentiles([(r - d) * 1000 for d, _, r in made] or [0.0]),
+        "worker_late_ms": percentiles([(p - d) * 1000 for d, p, _ in made] or [0.0]),
+        "delivered": sum(len(a) for a in answers),
+        "expected": plan.answers * plan.tokens,
+        "running_in_window": running,
+        "failed": len(failures),
+        "failures": sorted(set(failures)),
+        "submit_s": submit_s,
+    }
+
+
+async def measure(
+    url: str, prefix: str, worker_pid: int, plan: Plan, *, profile: bool = False
+) -> dict[str, Any]:
+    """Submit `plan.answers` answers, follow each with one subscriber, and measure the steady
+    window (`profile`: and have the worker sample its stacks over it: SIGUSR1 / SIGUSR2).
+    Bounded: the answers must end within the lead + their length + 60 s."""
+    rag = StreamingRAGClient(url, prefix=prefix)
+    started = time.time()
+    at = started + plan.lead()
+    window = plan.window(at)
+    sampler = Sampler(url, worker_pid, window, profile=profile)
+    gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    submitted: list[float] = []
+    errors: list[str] = []
+
+    async def answer(index: int) -> list[tuple[float, str]]:
+        async with gate:
+            job_id = await rag.asubmit(plan.query(at, index))
+        submitted.append(time.time())
+        got: list[tuple[float, str]] = []
+        async for event in rag.aevents(job_id):
+            if event.is_chunk:
+                got.append((time.time(), event.data))
+            elif event.type is EventType.ERROR:
+                errors.append(str(event.data.get("stage", "?")))
+        return got
+
+    sampler.start()
+    try:
+        budget = plan.lead() + plan.tokens * plan.interval_s + 60
+        results = await asyncio.wait_for(
+            asyncio.gather(*(answer(i) for i in range(plan.answers)), return_exceptions=True),
+            budget,
+        )
+    finally:
+        sampler.stop.set()
+        sampler.join(10)
+        await rag.aclose()
+    if len(sampler.samples) < 2:
+        raise RuntimeError("the CPU sampler missed the steady window")
+    answers = [parse_tokens(r) for r in results if not isinstance(r, BaseException)]
+    failures = [type(r).__name__ for r in results if isinstance(r, BaseException)]
+    submit_s = (max(submitted) - started) if submitted else float("nan")
+    return summarise(plan, answers, sampler.samples, errors + failures, submit_s)
