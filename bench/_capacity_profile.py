@@ -25,7 +25,7 @@ from ._tools import drop_prefix, emit_json
 
 def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
     n = cfg["levels"][0]
-    plan = Plan(n, cfg["tokens"], args.interval_ms / 1000, cfg["skip_s"])
+    plan = Plan(n, cfg["tokens"], args.interval_ms / 1000, cfg["skip_s"], ramp_s=args.ramp_s)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "worker-stacks.json"
         with server() as (url, where):

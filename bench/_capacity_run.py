@@ -33,16 +33,18 @@ SUBMIT_CONCURRENCY = 64
 @dataclass(frozen=True)
 class Plan:
     """One run's shape: `answers` concurrent answers of `tokens` tokens `interval_s` apart,
-    the first due `lead_s` after the submits begin; the window skips the first `skip_s`."""
+    submitted all at once (`ramp_s` 0) or evenly over `ramp_s` seconds, the first tokens due
+    `lead()` after the submits begin; the window skips the first `skip_s`."""
 
     answers: int
     tokens: int = 150
     interval_s: float = 0.02
     skip_s: float = 1.0
-    lead_s: float = 0.0  # 0: 1 s + 2 ms per answer (time to submit and start them all)
+    lead_s: float = 0.0  # 0: 1 s + 5 ms per answer (time to submit and start them all)
+    ramp_s: float = 0.0
 
     def lead(self) -> float:
-        return self.lead_s or 1.0 + 0.002 * self.answers
+        return self.ramp_s + (self.lead_s or 1.0 + 0.005 * self.answers)
 
     def window(self, at: float) -> tuple[float, float]:
         """The steady window for answers whose tokens are first due at `at` (+ phase)."""
@@ -80,9 +82,12 @@ class Sampler(threading.Thread):
         self.stop = threading.Event()
 
     def sample(self) -> Sample:
+        """CPU seconds now, stamped with the middle of the reads (the INFO call takes a round
+        trip)."""
+        before = time.time()
         worker, client = cpu_seconds(self.worker_pid), cpu_seconds(os.getpid())
         server = server_cpu_seconds(self.url)
-        return time.time(), worker, server, client
+        return (before + time.time()) / 2, worker, server, client
 
     def run(self) -> None:
         for i, due in enumerate(self.times):
@@ -123,7 +128,7 @@ def summarise(
     got = sum(1 for answer in answers for tok in answer if t0 <= tok[2] <= t1)
     produced, received = max(1, len(made)), max(1, got)
     wall = t1 - t0
-    running = sum(1 for a in answers if a and a[0][1] <= t0 and a[-1][1] >= t1)
+    running = sum(1 for a in answers if len(a) == plan.tokens and a[0][1] <= t0)
     return {
         "answers": plan.answers,
         "tokens_per_answer": plan.tokens,
@@ -165,6 +170,8 @@ async def measure(
     errors: list[str] = []
 
     async def answer(index: int) -> list[tuple[float, str]]:
+        if plan.ramp_s:
+            await asyncio.sleep(index * plan.ramp_s / plan.answers)
         async with gate:
             job_id = await rag.asubmit(plan.query(at, index))
         submitted.append(time.time())
@@ -173,7 +180,7 @@ async def measure(
             if event.is_chunk:
                 got.append((time.time(), event.data))
             elif event.type is EventType.ERROR:
-                errors.append(str(event.data.get("stage", "?")))
+                errors.append(f"{event.data.get('stage', '?')}: {event.data.get('msg', '')}"[:80])
         return got
 
     sampler.start()

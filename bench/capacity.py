@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, help="tokens per answer (150; --quick 100)")
     parser.add_argument("--interval-ms", type=float, default=20.0, help="token pace (20 ms)")
     parser.add_argument("--skip-s", type=float, help="seconds left out before the window (1)")
+    parser.add_argument(
+        "--ramp-s", type=float, default=0.0, help="submit over this many seconds (0: at once)"
+    )
     parser.add_argument("--flush-ms", type=float, default=10.0, help="the extra row's flush_ms")
     parser.add_argument("--no-flush-row", action="store_true", help="skip the flush_ms row")
     parser.add_argument("--profile", action="store_true", help="cProfile the worker at 1,000")
@@ -152,7 +155,7 @@ NOTES = (
     "lag: receive - produce at the subscriber; due p99: receive - the time the token was due "
     "(adds the worker's own delay); CPU% of one core; recv/prod: tokens received / produced in "
     "the window (below 100: the worker falls behind and a backlog grows); lost: tokens "
-    "expected - delivered; ran: answers running through the whole window"
+    "expected - delivered; ran: answers that started before the window and delivered every token"
 )
 
 
@@ -227,7 +230,7 @@ def run_levels(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 if i >= cfg["runs"][n]:
                     continue
                 prefix, pid = workers[flush]
-                plan = Plan(n, cfg["tokens"], interval, cfg["skip_s"])
+                plan = Plan(n, cfg["tokens"], interval, cfg["skip_s"], ramp_s=args.ramp_s)
                 raw.setdefault((n, flush), []).append(asyncio.run(measure(url, prefix, pid, plan)))
                 drop_prefix(url, prefix)
     rows = [aggregate(n, flush, runs) for (n, flush), runs in raw.items()]
