@@ -12,11 +12,14 @@ just before the earliest answer's last token: every answer runs through all of i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from streaming_rag import EventType
@@ -33,18 +36,17 @@ SUBMIT_CONCURRENCY = 64
 @dataclass(frozen=True)
 class Plan:
     """One run's shape: `answers` concurrent answers of `tokens` tokens `interval_s` apart,
-    submitted all at once (`ramp_s` 0) or evenly over `ramp_s` seconds, the first tokens due
-    `lead()` after the submits begin; the window skips the first `skip_s`."""
+    submitted all at once (`ramp_s` 0) or evenly over `ramp_s` seconds; once every answer is
+    running (or `ready_timeout_s` passed) their first tokens are due `lead_s` later; the
+    window skips the first `skip_s`."""
 
     answers: int
     tokens: int = 150
     interval_s: float = 0.02
     skip_s: float = 1.0
-    lead_s: float = 0.0  # 0: 1 s + 5 ms per answer (time to submit and start them all)
+    lead_s: float = 0.5
     ramp_s: float = 0.0
-
-    def lead(self) -> float:
-        return self.ramp_s + (self.lead_s or 1.0 + 0.005 * self.answers)
+    ready_timeout_s: float = 60.0
 
     def window(self, at: float) -> tuple[float, float]:
         """The steady window for answers whose tokens are first due at `at` (+ phase)."""
@@ -57,10 +59,10 @@ class Plan:
             )
         return start, end
 
-    def query(self, at: float, index: int) -> str:
+    def query(self, gate: str, index: int) -> str:
         phase = index * self.interval_s / self.answers
         return (
-            f"capacity at={at:.6f} phase={phase:.6f} tokens={self.tokens} "
+            f"capacity gate={gate} phase={phase:.6f} tokens={self.tokens} "
             f"interval={self.interval_s} end"
         )
 
@@ -154,49 +156,88 @@ def summarise(
     }
 
 
+def open_gate(path: str, at: float) -> None:
+    """Write the start time to the gate file, atomically: the workers read it whole or not
+    at all (`bench.apps.ScheduledLLM`)."""
+    Path(path + ".tmp").write_text(f"{at:.6f}")
+    os.replace(path + ".tmp", path)
+
+
 async def measure(
     url: str, prefix: str, worker_pid: int, plan: Plan, *, profile: bool = False
 ) -> dict[str, Any]:
-    """Submit `plan.answers` answers, follow each with one subscriber, and measure the steady
-    window (`profile`: and have the worker sample its stacks over it: SIGUSR1 / SIGUSR2).
-    Bounded: the answers must end within the lead + their length + 60 s."""
+    """Submit `plan.answers` answers, follow each with one subscriber, open the gate once all
+    are running (their GENERATION_START seen, or `plan.ready_timeout_s` passed), and measure
+    the steady window (`profile`: the worker samples its stacks over it, SIGUSR1 / SIGUSR2).
+    Bounded: the answers must end within the ready timeout + their length + 60 s."""
+    plan.window(0.0)  # refuse a plan without a steady window before starting anything
     rag = StreamingRAGClient(url, prefix=prefix)
     started = time.time()
-    at = started + plan.lead()
-    window = plan.window(at)
-    sampler = Sampler(url, worker_pid, window, profile=profile)
-    gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    submits = asyncio.Semaphore(SUBMIT_CONCURRENCY)
     submitted: list[float] = []
     errors: list[str] = []
+    settled, all_ready = [0], asyncio.Event()
 
-    async def answer(index: int) -> list[tuple[float, str]]:
+    def settle() -> None:
+        settled[0] += 1
+        if settled[0] == plan.answers:
+            all_ready.set()
+
+    async def answer(index: int, gate: str) -> list[tuple[float, str]]:
         if plan.ramp_s:
             await asyncio.sleep(index * plan.ramp_s / plan.answers)
-        async with gate:
-            job_id = await rag.asubmit(plan.query(at, index))
+        try:
+            async with submits:
+                job_id = await rag.asubmit(plan.query(gate, index))
+        except BaseException:
+            settle()
+            raise
         submitted.append(time.time())
         got: list[tuple[float, str]] = []
+        waiting = True
         async for event in rag.aevents(job_id):
             if event.is_chunk:
                 got.append((time.time(), event.data))
-            elif event.type is EventType.ERROR:
-                errors.append(f"{event.data.get('stage', '?')}: {event.data.get('msg', '')}"[:80])
+            elif event.type is EventType.GENERATION_START or event.is_terminal:
+                if waiting:
+                    waiting = False
+                    settle()
+                if event.type is EventType.ERROR:
+                    error = f"{event.data.get('stage', '?')}: {event.data.get('msg', '')}"
+                    errors.append(error[:80])
+        if waiting:
+            settle()
         return got
 
-    sampler.start()
-    try:
-        budget = plan.lead() + plan.tokens * plan.interval_s + 60
-        results = await asyncio.wait_for(
-            asyncio.gather(*(answer(i) for i in range(plan.answers)), return_exceptions=True),
-            budget,
-        )
-    finally:
-        sampler.stop.set()
-        sampler.join(10)
-        await rag.aclose()
-    if len(sampler.samples) < 2:
+    with tempfile.TemporaryDirectory() as tmp:
+        gate = str(Path(tmp) / "gate")
+        tasks = [asyncio.create_task(answer(i, gate)) for i in range(plan.answers)]
+        sampler: Sampler | None = None
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_ready.wait(), plan.ramp_s + plan.ready_timeout_s)
+            ready, ready_s = settled[0], time.time() - started
+            at = time.time() + plan.lead_s
+            open_gate(gate, at)
+            sampler = Sampler(url, worker_pid, plan.window(at), profile=profile)
+            sampler.start()
+            budget = plan.lead_s + plan.tokens * plan.interval_s + 60
+            _, pending = await asyncio.wait(tasks, timeout=budget)
+            if pending:
+                raise TimeoutError(f"{len(pending)} answers still running after {budget:.0f} s")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if sampler is not None:
+                sampler.stop.set()
+                sampler.join(10)
+            await rag.aclose()
+    if sampler is None or len(sampler.samples) < 2:
         raise RuntimeError("the CPU sampler missed the steady window")
+    results = [t.exception() or t.result() for t in tasks]
     answers = [parse_tokens(r) for r in results if not isinstance(r, BaseException)]
     failures = [type(r).__name__ for r in results if isinstance(r, BaseException)]
     submit_s = (max(submitted) - started) if submitted else float("nan")
-    return summarise(plan, answers, sampler.samples, errors + failures, submit_s)
+    run = summarise(plan, answers, sampler.samples, errors + failures, submit_s)
+    return {**run, "ready_before_start": ready, "ready_s": ready_s}

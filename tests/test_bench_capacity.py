@@ -62,7 +62,7 @@ def test_plan_window_skips_the_start_and_ends_before_the_last_token() -> None:
     start, end = plan.window(1000.0)
     assert start == pytest.approx(1001.02)
     assert end < 1000.0 + 149 * 0.02
-    assert "phase=0.010000" in plan.query(1000.0, 50)  # phases spread over one interval
+    assert "gate=G phase=0.010000 " in plan.query("G", 50)  # phases spread over one interval
     with pytest.raises(ValueError, match="no steady window"):
         Plan(100, tokens=50, skip_s=1.0).window(0.0)
 
