@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._capacity_run import APP, Plan, measure
+from ._capacity_run import APP, Plan, lease_config, measure
 from ._common import new_prefix, server
 from ._common import worker_process as worker
 from ._sampling import top_costs
@@ -32,7 +32,8 @@ def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
             prefix = new_prefix("capacity")
             try:
                 env = {"BENCH_WORKER_PROFILE": str(out)}
-                with worker(url, prefix, APP, env=env, concurrency=n + 10) as proc:
+                config = {"concurrency": n + 10, **lease_config(args.lease_s)}
+                with worker(url, prefix, APP, env=env, **config) as proc:
                     run = asyncio.run(measure(url, prefix, proc.pid, plan, profile=True))
             finally:
                 drop_prefix(url, prefix)

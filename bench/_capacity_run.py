@@ -67,7 +67,23 @@ class Plan:
         )
 
 
+def lease_config(lease_s: float | None) -> dict[str, float]:
+    """The worker's lease settings for `lease_s` (heartbeat a third of it); None: defaults."""
+    if lease_s is None:
+        return {}
+    return {"lease_s": lease_s, "heartbeat_s": lease_s / 3}
+
+
 Sample = tuple[float, float, float, float]  # wall time, worker, server, client CPU seconds
+
+
+def run_queue_seconds(pid: int) -> float:
+    """Seconds a process's threads have waited, runnable, for a CPU (`/proc/<pid>/task/*/
+    schedstat`, second field): on a shared machine, the time others' work took from it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 class Sampler(threading.Thread):
@@ -81,6 +97,7 @@ class Sampler(threading.Thread):
         #: signal the worker's stack sampler (`bench._worker`) at the window's ends
         self.signals = (signal.SIGUSR1, signal.SIGUSR2) if profile else ()
         self.samples: list[Sample] = []
+        self.waits: list[tuple[float, float]] = []  # worker, client run-queue seconds
         self.stop = threading.Event()
 
     def sample(self) -> Sample:
@@ -88,6 +105,7 @@ class Sampler(threading.Thread):
         trip)."""
         before = time.time()
         worker, client = cpu_seconds(self.worker_pid), cpu_seconds(os.getpid())
+        self.waits.append((run_queue_seconds(self.worker_pid), run_queue_seconds(os.getpid())))
         server = server_cpu_seconds(self.url)
         return (before + time.time()) / 2, worker, server, client
 
@@ -240,4 +258,12 @@ async def measure(
     failures = [type(r).__name__ for r in results if isinstance(r, BaseException)]
     submit_s = (max(submitted) - started) if submitted else float("nan")
     run = summarise(plan, answers, sampler.samples, errors + failures, submit_s)
-    return {**run, "ready_before_start": ready, "ready_s": ready_s}
+    (w0, c0), (w1, c1) = sampler.waits[:2]
+    wall = run["window_s"] / 100
+    return {
+        **run,
+        "ready_before_start": ready,
+        "ready_s": ready_s,
+        "worker_wait_pct": (w1 - w0) / wall,
+        "client_wait_pct": (c1 - c0) / wall,
+    }

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
-from ._capacity_run import APP, Plan, measure
+from ._capacity_run import APP, Plan, lease_config, measure
 from ._common import new_prefix, server
 from ._common import worker_process as worker
 from ._tools import drop_prefix, emit_json, verdict
@@ -42,6 +42,7 @@ FIGURES: dict[str, Callable[[dict[str, Any]], float]] = {
     "worker_cpu_pct": lambda r: float(r["worker_cpu_pct"]),
     "server_cpu_pct": lambda r: float(r["server_cpu_pct"]),
     "client_cpu_pct": lambda r: float(r["client_cpu_pct"]),
+    "worker_wait_pct": lambda r: float(r.get("worker_wait_pct", 0.0)),
     "keeps_up_pct": lambda r: float(r["keeps_up"]) * 100,
     "lag_p50_ms": lambda r: float(r["lag_ms"]["p50"]),
     "lag_p99_ms": lambda r: float(r["lag_ms"]["p99"]),
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-s", type=float, help="seconds left out before the window (1)")
     parser.add_argument(
         "--ramp-s", type=float, default=0.0, help="submit over this many seconds (0: at once)"
+    )
+    parser.add_argument(
+        "--lease-s", type=float, help="the worker's job lease (its default: 3 s; a diagnosis aid)"
     )
     parser.add_argument("--flush-ms", type=float, default=10.0, help="the extra row's flush_ms")
     parser.add_argument("--no-flush-row", action="store_true", help="skip the flush_ms row")
@@ -144,6 +148,7 @@ HEADER = (
     "server µs/tok",
     "client µs/tok",
     "worker CPU%",
+    "waited%",
     "client CPU%",
     "recv/prod %",
     "lag p50 ms",
@@ -157,8 +162,9 @@ HEADER = (
 )
 NOTES = (
     "lag: receive - produce at the subscriber; due p99: receive - the time the token was due "
-    "(adds the worker's own delay); CPU% of one core; recv/prod: tokens received / produced in "
-    "the window (below 100: the worker falls behind and a backlog grows); lost: tokens "
+    "(adds the worker's own delay); CPU% of one core; waited%: the worker's time runnable but "
+    "waiting for a CPU (others' work on a shared machine); recv/prod: tokens received / "
+    "produced in the window (below 100: the worker falls behind and a backlog grows); lost: tokens "
     "expected - delivered; ready: answers running (waiting for their first token) when the "
     "tokens started; ran: answers that started before the window and delivered every token"
 )
@@ -174,6 +180,7 @@ def cells(r: dict[str, Any]) -> tuple[str, ...]:
         _fig(r, "server_us_per_token"),
         _fig(r, "client_us_per_token"),
         _fig(r, "worker_cpu_pct"),
+        _fig(r, "worker_wait_pct"),
         _fig(r, "client_cpu_pct"),
         _fig(r, "keeps_up_pct"),
         _fig(r, "lag_p50_ms", 1),
@@ -224,9 +231,8 @@ def run_levels(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         for flush in flushes:
             prefix = new_prefix("capacity")
             stack.callback(drop_prefix, url, prefix)
-            proc = stack.enter_context(
-                worker(url, prefix, APP, concurrency=top + 10, flush_ms=flush)
-            )
+            config = {"concurrency": top + 10, "flush_ms": flush, **lease_config(args.lease_s)}
+            proc = stack.enter_context(worker(url, prefix, APP, **config))
             workers[flush] = (prefix, proc.pid)
         todo = [(n, 0.0) for n in cfg["levels"]]
         if cfg["flush_at"] is not None:
@@ -240,7 +246,13 @@ def run_levels(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                 raw.setdefault((n, flush), []).append(asyncio.run(measure(url, prefix, pid, plan)))
                 drop_prefix(url, prefix)
     rows = [aggregate(n, flush, runs) for (n, flush), runs in raw.items()]
-    return {"server": where, "tokens": cfg["tokens"], "interval_ms": args.interval_ms, "rows": rows}
+    return {
+        "server": where,
+        "tokens": cfg["tokens"],
+        "interval_ms": args.interval_ms,
+        "lease_s": args.lease_s,
+        "rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,4 +271,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for line in table(result["rows"], result["server"], result["tokens"], args.interval_ms):
         print(line)
+    if args.lease_s is not None:
+        print(f"the worker's job lease: {args.lease_s:g} s (--lease-s; default 3 s)")
     return 0
