@@ -100,14 +100,14 @@ class Sampler(threading.Thread):
         self.waits: list[tuple[float, float]] = []  # worker, client run-queue seconds
         self.stop = threading.Event()
 
-    def sample(self) -> Sample:
+    def read(self) -> tuple[Sample, tuple[float, float]]:
         """CPU seconds now, stamped with the middle of the reads (the INFO call takes a round
-        trip)."""
+        trip), and the worker's and this process's run-queue seconds."""
         before = time.time()
         worker, client = cpu_seconds(self.worker_pid), cpu_seconds(os.getpid())
-        self.waits.append((run_queue_seconds(self.worker_pid), run_queue_seconds(os.getpid())))
+        waits = run_queue_seconds(self.worker_pid), run_queue_seconds(os.getpid())
         server = server_cpu_seconds(self.url)
-        return (before + time.time()) / 2, worker, server, client
+        return ((before + time.time()) / 2, worker, server, client), waits
 
     def run(self) -> None:
         for i, due in enumerate(self.times):
@@ -115,7 +115,9 @@ class Sampler(threading.Thread):
                 return
             if self.signals and i:
                 os.kill(self.worker_pid, self.signals[i])
-            self.samples.append(self.sample())
+            sample, waits = self.read()
+            self.samples.append(sample)
+            self.waits.append(waits)
             if self.signals and not i:
                 os.kill(self.worker_pid, self.signals[i])
 
@@ -236,13 +238,17 @@ async def measure(
                 await asyncio.wait_for(all_ready.wait(), plan.ramp_s + plan.ready_timeout_s)
             ready, ready_s = settled[0], time.time() - started
             at = time.time() + plan.lead_s
-            open_gate(gate, at)
             sampler = Sampler(url, worker_pid, plan.window(at), profile=profile)
+            first, _ = sampler.read()
+            open_gate(gate, at)
             sampler.start()
             budget = plan.lead_s + plan.tokens * plan.interval_s + 60
             _, pending = await asyncio.wait(tasks, timeout=budget)
             if pending:
                 raise TimeoutError(f"{len(pending)} answers still running after {budget:.0f} s")
+            last, _ = sampler.read()
+            # answers that all ended early (failed) leave the window to the sampler
+            await asyncio.to_thread(sampler.join, max(0.0, sampler.times[1] - time.time()) + 10)
         finally:
             for task in tasks:
                 task.cancel()
@@ -258,10 +264,15 @@ async def measure(
     failures = [type(r).__name__ for r in results if isinstance(r, BaseException)]
     submit_s = (max(submitted) - started) if submitted else float("nan")
     run = summarise(plan, answers, sampler.samples, errors + failures, submit_s)
-    (w0, c0), (w1, c1) = sampler.waits[:2]
+    (w0, c0), (w1, c1) = sampler.waits
     wall = run["window_s"] / 100
+    delivered = max(1, run["delivered"])
     return {
         **run,
+        **{
+            f"{name}_us_per_token_all": (last[i] - first[i]) / delivered * 1e6
+            for i, name in ((1, "worker"), (2, "server"), (3, "client"))
+        },
         "ready_before_start": ready,
         "ready_s": ready_s,
         "worker_wait_pct": (w1 - w0) / wall,
