@@ -4,6 +4,7 @@ verdict from synthetic figures (no server, no timing)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import pytest
@@ -144,3 +145,14 @@ def test_profile_costs_are_shares_of_the_measured_cpu_per_token() -> None:
     assert [r["function"] for r in rows] == ["a", "b"]
     assert rows[0]["own_us_per_token"] == pytest.approx(60.0)
     assert rows[1]["cum_us_per_token"] == pytest.approx(100.0)
+
+
+async def test_the_gate_gives_every_waiting_answer_the_written_start_time(tmp_path: Any) -> None:
+    from bench._capacity_run import open_gate
+    from bench.apps import _Gates
+
+    gates, path = _Gates(), str(tmp_path / "gate")
+    waiting = [asyncio.create_task(gates.start_time(path, timeout_s=30)) for _ in range(3)]
+    open_gate(path, 1234.5)
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 30) == [1234.5] * 3
+    assert not (tmp_path / "gate.tmp").exists()  # written aside, then renamed into place
