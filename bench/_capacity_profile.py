@@ -1,10 +1,11 @@
 """`python -m bench capacity --profile`: one run at N = 1,000 with the worker's stacks sampled.
 
 The worker process runs `bench._worker` with `BENCH_WORKER_PROFILE` set: a CPU-time stack
-sampler (`bench._sampling`) that the run starts and stops at the ends of its steady window.
-Each function's share of the samples, times the worker's measured CPU per token over that
-window, is its cost in µs per token ("own": in the function itself and the C calls it makes;
-"cum": with everything it calls).
+sampler (`bench._sampling`) that the run starts when the gate opens and stops once the last
+answer ended, so every token is both produced and published inside it (a worker that falls
+behind publishes after the steady window). Each function's share of the samples, times the
+worker's measured CPU per delivered token over that span, is its cost in µs per token
+("own": in the function itself and the C calls it makes; "cum": with everything it calls).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
         if not out.exists():
             raise RuntimeError("the profiled worker wrote no stack samples")
         stacks = json.loads(out.read_text())
-    cpu_s = run["worker_us_per_token"] * run["produced_in_window"] / 1e6
-    rows = top_costs(stacks, cpu_s, run["produced_in_window"])
+    tokens = run["delivered"]
+    cpu_s = run["worker_us_per_token_all"] * tokens / 1e6
+    rows = top_costs(stacks, cpu_s, tokens)
     if args.json:
         emit_json(
             {"server": where, "answers": n, "run": run, "samples": stacks["samples"], "top": rows}
@@ -49,10 +51,10 @@ def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
         return 0
     lag = run["lag_ms"]["p99"]
     print(
-        f"capacity --profile: {n:,} answers x {plan.tokens} tokens ({where}); steady window: "
-        f"worker {run['worker_us_per_token']:.1f} µs/token at {run['worker_cpu_pct']:.0f}% of a "
-        f"core, recv/prod {run['keeps_up']:.0%}, lag p99 {lag:.0f} ms, {run['failed']} answers "
-        f"failed; {stacks['samples']:,} CPU-time stack samples"
+        f"capacity --profile: {n:,} answers x {plan.tokens} tokens ({where}); gate to end: "
+        f"worker {run['worker_us_per_token_all']:.1f} µs per delivered token; steady window: "
+        f"{run['worker_cpu_pct']:.0f}% of a core, recv/prod {run['keeps_up']:.0%}, lag p99 "
+        f"{lag:.0f} ms; {run['failed']} answers failed; {stacks['samples']:,} CPU-time samples"
     )
     print(f"{'own %':>7}{'own µs/tok':>12}{'cum µs/tok':>12}  function")
     for r in rows:

@@ -89,13 +89,9 @@ def run_queue_seconds(pid: int) -> float:
 class Sampler(threading.Thread):
     """Samples CPU seconds at two wall-clock times (in a thread: the event loop may be busy)."""
 
-    def __init__(
-        self, url: str, worker_pid: int, times: tuple[float, float], *, profile: bool = False
-    ) -> None:
+    def __init__(self, url: str, worker_pid: int, times: tuple[float, float]) -> None:
         super().__init__(daemon=True)
         self.url, self.worker_pid, self.times = url, worker_pid, times
-        #: signal the worker's stack sampler (`bench._worker`) at the window's ends
-        self.signals = (signal.SIGUSR1, signal.SIGUSR2) if profile else ()
         self.samples: list[Sample] = []
         self.waits: list[tuple[float, float]] = []  # worker, client run-queue seconds
         self.stop = threading.Event()
@@ -110,16 +106,12 @@ class Sampler(threading.Thread):
         return ((before + time.time()) / 2, worker, server, client), waits
 
     def run(self) -> None:
-        for i, due in enumerate(self.times):
+        for due in self.times:
             if self.stop.wait(max(0.0, due - time.time())):
                 return
-            if self.signals and i:
-                os.kill(self.worker_pid, self.signals[i])
             sample, waits = self.read()
             self.samples.append(sample)
             self.waits.append(waits)
-            if self.signals and not i:
-                os.kill(self.worker_pid, self.signals[i])
 
 
 def parse_tokens(received: list[tuple[float, str]]) -> list[tuple[float, float, float]]:
@@ -188,7 +180,8 @@ async def measure(
 ) -> dict[str, Any]:
     """Submit `plan.answers` answers, follow each with one subscriber, open the gate once all
     are running (their GENERATION_START seen, or `plan.ready_timeout_s` passed), and measure
-    the steady window (`profile`: the worker samples its stacks over it, SIGUSR1 / SIGUSR2).
+    the steady window (`profile`: the worker samples its stacks from the gate's opening to the
+    last answer's end, SIGUSR1 / SIGUSR2).
     Bounded: the answers must end within the ready timeout + their length + 60 s."""
     plan.window(0.0)  # refuse a plan without a steady window before starting anything
     rag = StreamingRAGClient(url, prefix=prefix)
@@ -238,7 +231,9 @@ async def measure(
                 await asyncio.wait_for(all_ready.wait(), plan.ramp_s + plan.ready_timeout_s)
             ready, ready_s = settled[0], time.time() - started
             at = time.time() + plan.lead_s
-            sampler = Sampler(url, worker_pid, plan.window(at), profile=profile)
+            sampler = Sampler(url, worker_pid, plan.window(at))
+            if profile:  # the worker's stack sampler (`bench._worker`) runs until the end
+                os.kill(worker_pid, signal.SIGUSR1)
             first, _ = sampler.read()
             open_gate(gate, at)
             sampler.start()
@@ -247,6 +242,8 @@ async def measure(
             if pending:
                 raise TimeoutError(f"{len(pending)} answers still running after {budget:.0f} s")
             last, _ = sampler.read()
+            if profile:
+                os.kill(worker_pid, signal.SIGUSR2)
             # answers that all ended early (failed) leave the window to the sampler
             await asyncio.to_thread(sampler.join, max(0.0, sampler.times[1] - time.time()) + 10)
         finally:
