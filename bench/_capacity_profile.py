@@ -23,6 +23,19 @@ from ._common import worker_process as worker
 from ._sampling import top_costs
 from ._tools import drop_prefix, emit_json
 
+#: frames every sample passes through (the event loop running a task), left out of "inclusive"
+LOOP_FRAMES = (
+    "<module>",
+    "main",
+    "profiled",
+    "run ",
+    "Runner.",
+    "BaseEventLoop.",
+    "Handle._run",
+    "Worker.",
+    "StreamingWorker.",
+)
+
 
 def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
     n = cfg["levels"][0]
@@ -44,9 +57,21 @@ def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
     tokens = run["delivered"]
     cpu_s = run["worker_us_per_token_all"] * tokens / 1e6
     rows = top_costs(stacks, cpu_s, tokens)
+    inclusive = [
+        r
+        for r in top_costs(stacks, cpu_s, tokens, 60, by="cumulative")
+        if not r["function"].startswith(LOOP_FRAMES)
+    ][:15]
     if args.json:
         emit_json(
-            {"server": where, "answers": n, "run": run, "samples": stacks["samples"], "top": rows}
+            {
+                "server": where,
+                "answers": n,
+                "run": run,
+                "samples": stacks["samples"],
+                "top": rows,
+                "inclusive": inclusive,
+            }
         )
         return 0
     lag = run["lag_ms"]["p99"]
@@ -62,4 +87,7 @@ def profile(cfg: dict[str, Any], args: argparse.Namespace) -> int:
             f"{r['own_pct']:>7.1f}{r['own_us_per_token']:>12.2f}{r['cum_us_per_token']:>12.2f}  "
             f"{r['function']}"
         )
+    print("inclusive (with everything each calls; event-loop frames left out):")
+    for r in inclusive:
+        print(f"{'':>19}{r['cum_us_per_token']:>12.2f}  {r['function']}")
     return 0

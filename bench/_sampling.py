@@ -11,6 +11,7 @@ when the call returns. Cost: one stack walk per sample (~1,000 a second).
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 def frame_name(frame: FrameType) -> str:
     """`function (file.py:first line)` of a frame's code."""
     code = frame.f_code
-    return f"{code.co_qualname} ({Path(code.co_filename).name}:{code.co_firstlineno})"
+    return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
 
 
 class StackSampler:
@@ -66,20 +67,21 @@ class StackSampler:
 
 
 def top_costs(
-    profile: dict[str, Any], cpu_s: float, tokens: int, top: int = 25
+    profile: dict[str, Any], cpu_s: float, tokens: int, top: int = 25, *, by: str = "own"
 ) -> list[dict[str, Any]]:
-    """The `top` functions by own samples, each as µs of CPU per token: the samples' share of
-    `cpu_s` (the process's measured CPU seconds over the same span) divided by `tokens`."""
+    """The `top` functions by `by` ("own" or "cumulative") samples, each as µs of CPU per
+    token: the samples' share of `cpu_s` (the process's measured CPU seconds over the same
+    span) divided by `tokens`."""
     samples = max(1, int(profile["samples"]))
     per_sample_us = cpu_s / samples / max(1, tokens) * 1e6
     rows = [
         {
             "function": name,
-            "own_pct": own / samples * 100,
-            "own_us_per_token": own * per_sample_us,
-            "cum_us_per_token": profile["cumulative"].get(name, own) * per_sample_us,
+            "own_pct": profile["own"].get(name, 0) / samples * 100,
+            "own_us_per_token": profile["own"].get(name, 0) * per_sample_us,
+            "cum_us_per_token": cumulative * per_sample_us,
         }
-        for name, own in profile["own"].items()
+        for name, cumulative in profile["cumulative"].items()
     ]
-    rows.sort(key=lambda r: -float(r["own_us_per_token"]))
+    rows.sort(key=lambda r: -float(r["own_us_per_token" if by == "own" else "cum_us_per_token"]))
     return rows[:top]
