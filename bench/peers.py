@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from ._common import ROOT, new_prefix, percentiles, server
+from ._tools import scorecard
 
 DRIVERS = ROOT / "bench" / "peers_drivers"
 JITTER_S = 0.002  # as bench/pickup.py for our (blocking) worker
@@ -307,4 +308,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         print_table(result)
+    _record(result)
     return 0
+
+
+def _record(result: dict[str, Any]) -> None:
+    """The scorecard row: our pickup p50 beside the fastest peer's, same run."""
+    ours = result["ours"]
+    measured = [row for row in result["peers"] if "p50" in row]
+    if "p50" not in ours or not measured:
+        return
+    best = min(measured, key=lambda row: row["p50"])
+    scorecard(
+        "pickup p50 (ms), same idle time for all",
+        _cell(ours, "p50"),
+        f"{best['peer']} {_cell(best, 'p50')} (fastest of {len(measured)} peers)",
+        "below every peer",
+        result["ours_below_every_peer_p50"],
+    )

@@ -1,9 +1,11 @@
 """`python -m bench all`: every benchmark in sequence, each in its own process.
 
-Prints each benchmark's table as it finishes, its elapsed time, and a summary (elapsed and
-PASS/MISS per benchmark). `--json` prints one JSON document instead: every benchmark's own
-`--json` result, its elapsed seconds and exit status, plus the machine. Every benchmark runs
-against its own embedded server unless `REDIS_URL` is set.
+Prints each benchmark's table as it finishes, its elapsed time, a summary (elapsed and
+PASS/MISS per benchmark), and the scorecard: every row of the performance issue, measured,
+beside its baseline or peer from the same run, with its target and verdict. `--json` prints
+one JSON document instead: every benchmark's own `--json` result, its elapsed seconds and
+exit status, the scorecard rows, plus the machine. Every benchmark runs against its own
+embedded server unless `REDIS_URL` is set.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 from ._common import ROOT
+from ._tools import SCORECARD_ENV, print_scorecard, read_scorecard
 
 #: suite order; names not registered in `bench.__main__.BENCHMARKS` are skipped
 ORDER = (
     "overhead",
     "pickup",
     "peers",
+    "resumable",
     "ttft",
     "publish",
+    "paced",
     "fanout",
     "capacity",
     "web",
@@ -47,10 +53,13 @@ def names(only: list[str], skip: list[str]) -> list[str]:
     return [n for n in ordered if (not only or n in only) and n not in skip]
 
 
-def run_one(name: str, as_json: bool) -> dict[str, Any]:
+def run_one(name: str, as_json: bool, scorecard: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench", name, *(["--json"] if as_json else [])]
+    env = dict(os.environ)
+    if scorecard:
+        env[SCORECARD_ENV] = scorecard
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
     out: dict[str, Any] = {
         "elapsed_s": round(time.perf_counter() - t0, 2),
         "returncode": proc.returncode,
@@ -98,14 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
     todo = names(_split(args.only), _split(args.skip))
+    with tempfile.TemporaryDirectory(prefix="bench-scorecard-") as folder:
+        return _run(todo, args.json, os.path.join(folder, "rows.jsonl"))
+
+
+def _run(todo: list[str], as_json: bool, card: str) -> int:
     t0 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     for name in todo:
-        if not args.json:
+        if not as_json:
             print(f"=== {name} ===", flush=True)
-        res = run_one(name, args.json)
+        res = run_one(name, as_json, card)
         results[name] = res
-        if args.json:
+        if as_json:
             res["result"] = _parse(res.pop("stdout"))
             continue
         print(res["stdout"], end="" if res["stdout"].endswith("\n") else "\n")
@@ -114,8 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- {name}: {res['elapsed_s']:.1f} s\n", flush=True)
     total = round(time.perf_counter() - t0, 2)
     failed = [n for n, r in results.items() if r["returncode"]]
-    if args.json:
-        doc = {"machine": _machine(), "total_s": total, "failed": failed, "benchmarks": results}
+    rows = read_scorecard(card)
+    if as_json:
+        doc = {
+            "machine": _machine(),
+            "total_s": total,
+            "failed": failed,
+            "scorecard": rows,
+            "benchmarks": results,
+        }
         print(json.dumps(doc))
         return 1 if failed else 0
     print(f"{'benchmark':<12}{'seconds':>9}  verdicts")
@@ -124,4 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<12}{res['elapsed_s']:>9.1f}  {verdicts}")
     machine = _machine()
     print(f"{'total':<12}{total:>9.1f}  ({machine['cpus']} CPUs, Python {machine['python']})")
+    print()
+    print_scorecard(rows)
     return 1 if failed else 0

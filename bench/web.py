@@ -72,6 +72,12 @@ def serve(spec: dict[str, Any]) -> None:
     uvicorn.Server(config).run()
 
 
+def _pythonpath() -> str:
+    """The repository first, then whatever `PYTHONPATH` this process had (e.g. another copy
+    of the client to compare with)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
+
 @contextlib.contextmanager
 def bridge(url: str, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     with socket.socket() as s:
@@ -81,7 +87,7 @@ def bridge(url: str, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], str
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.web", "serve", json.dumps(spec)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": _pythonpath()},
         stdout=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"

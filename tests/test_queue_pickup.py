@@ -110,7 +110,7 @@ def test_stock_arq_runs_the_jobs_with_worker_settings(redis_url, key_prefix):
 
 
 async def _someone_waits_on(redis_client, key: str) -> bool:
-    """True when a client connection is blocked in BLPOP (on any key: tests use their own
+    """True when a client connection is blocked in BLMOVE (on any key: tests use their own
     server prefix, and only this test's workers run here)."""
     clients = await redis_client.client_list()
-    return any(c.get("cmd") == "blpop" and c.get("flags", "").find("b") >= 0 for c in clients)
+    return any(c.get("cmd") == "blmove" and c.get("flags", "").find("b") >= 0 for c in clients)

@@ -17,7 +17,18 @@ KEYS = JobKeys("pfx", "job-1")
 #: Commands whose first argument is not a key.
 NO_KEY = {"TIME", "PUBLISH"}
 #: Local names the scripts bind to KEYS entries (helper parameters and locals).
-KEY_LOCALS = {"meta", "events", "lease", "arq_job", "queue", "wake", "index"}
+KEY_LOCALS = {
+    "meta",
+    "events",
+    "lease",
+    "arq_job",
+    "queue",
+    "wake",
+    "index",
+    "in_progress",
+    "retry",
+    "record",
+}
 SCRIPTS = {
     "SUBMIT": s.SUBMIT,
     "START": s.START,
@@ -29,6 +40,9 @@ SCRIPTS = {
     "ENQUEUE": s.ENQUEUE,
     "DEQUEUE": s.DEQUEUE,
 }
+#: Scripts for the queue server alone (never a cluster), which may name keys they derive:
+#: TAKE claims the jobs its wake-up tokens name.
+QUEUE_ONLY = {"TAKE": s.TAKE}
 
 
 def key_arguments(source: str) -> list[tuple[str, str]]:
@@ -46,6 +60,24 @@ def test_every_key_a_script_touches_is_declared(name: str) -> None:
         first = first.strip()
         declared = first.startswith("KEYS[") or first in KEY_LOCALS
         assert declared, f"{name}: {command} touches {first!r}, which is not one of its KEYS"
+
+
+def test_take_derives_only_arq_keys_and_the_job_keys_its_token_names() -> None:
+    calls = key_arguments(s.TAKE)
+    firsts = {first.strip() for command, first in calls if command not in NO_KEY}
+    assert firsts == {"KEYS[1]", "KEYS[2]", "in_progress", "retry", "record", "meta", "lease"}
+    assert "ARGV[6] .. id, ARGV[7] .. id, ARGV[8] .. id" in s.TAKE
+    call = s.take_call(
+        "pfx:queue",
+        "pfx:wake:taken",
+        in_progress_ttl_ms=1,
+        lease_ms=2,
+        worker="w",
+        free=3,
+        with_start=False,
+    )
+    assert call.keys == ["pfx:queue", "pfx:wake:taken"]
+    assert call.args[3:8] == [3, "0", "arq:in-progress:", "arq:retry:", "arq:job:"]
 
 
 def test_the_check_catches_a_key_built_inside_a_script() -> None:

@@ -82,9 +82,9 @@ class StreamingRAGClient:
     `sync_client` / `async_client` raises `InvalidRequest` (the queue cannot live on one).
 
     Async subscribers of one client share one reader connection (`fanout=True`): one XREAD
-    follows every watched stream and hands each event to every subscriber's buffer (at most
-    `fanout_buffer` events; a subscriber that falls further behind reads on its own until it
-    has caught up, so nothing is lost). `fanout=False` gives each async subscriber its own
+    follows every watched stream into a shared log per stream that every subscriber reads at
+    its own index (a subscriber more than `fanout_buffer` events behind reads on its own until
+    it has caught up, so nothing is lost). `fanout=False` gives each async subscriber its own
     blocking reads.
 
     Nobody waits forever: while a stream is quiet the client checks, every `poll_interval_s`,

@@ -1,21 +1,30 @@
 """`Fanout`: one reader per async client following every stream its subscribers watch.
 
 A web server with hundreds of SSE clients watching a few answers must not hold one blocking
-XREAD connection per watcher. Here one reader task, on one dedicated connection, blocks in a
-single XREAD over every watched stream, decodes each entry once, and hands the same immutable
-`StreamEvent` to every subscriber's in-process buffer.
+XREAD connection per watcher, nor pay a wake-up per watcher per event. Here one reader task, on
+one dedicated connection, blocks in a single XREAD over every watched stream, decodes each entry
+once, and appends the page to that stream's shared log (`_fanout_state._Watched`): a list of
+immutable `StreamEvent`s with a base index, which every subscriber reads at its own index. After
+appending a page the reader completes the stream's one waiter future: every subscriber that had
+nothing left to read wakes once per page; one still busy with unread entries does not wait at
+all, and goes through them by index with no await machinery beyond its generator's yield.
 
 Exactly once, in order, from each subscriber's own cursor:
 
 1. A subscriber first catches up by itself (non-blocking reads from its cursor), then joins.
 2. Joining is synchronous (no await between reading the reader's cursor for the stream and
-   adding the subscriber), so every entry after the reader's cursor reaches the subscriber's
-   buffer. If the reader is ahead (it already delivered entries the subscriber has not seen),
-   the subscriber reads that gap itself before taking from its buffer; if the reader is behind,
-   buffered entries up to the subscriber's cursor are skipped.
+   taking the log's end as the subscriber's index), so every entry after the reader's cursor
+   is in the log past that index. If the reader is ahead (it already delivered entries the
+   subscriber has not seen), the subscriber reads that gap itself before reading the log; if
+   the reader is behind, log entries up to the subscriber's cursor are skipped.
 3. A new stream interrupts the blocked XREAD at once (CLIENT UNBLOCK from another connection).
-4. A slow subscriber never stalls the others: its buffer is bounded; on overflow it is dropped
-   from the fan-out, reads the rest from its cursor itself, and joins again.
+4. A slow subscriber never stalls the others nor grows memory without bound: the log is trimmed
+   to the slowest subscriber, and once it would hold more than `buffer_size` entries, every
+   subscriber further behind is dropped from the fan-out (its index falls below the log's base),
+   reads the rest from its own cursor itself, and joins again.
+5. Errors are log entries too (`_Raise`): a corrupt entry, `JobNotFound` from the liveness
+   CHECK, the reader's `ServerUnavailable`, raised by every subscriber reaching them; the
+   `_OVERFLOW` entry (the reader stopped) sends every subscriber to catch up by itself.
 
 On a Redis Cluster one XREAD cannot span slots, so the fan-out keeps one reader per *bucket*
 (the jobs' hash tag, `streaming_rag.wire.keys.BUCKETS` of them): every stream of a bucket lives
@@ -31,7 +40,7 @@ ERROR when due, or reports the job missing.
 
 Outages: the reader's XREAD and CHECKs run through the transport's retry loop
 (`AsyncTransport.call`), so on a dropped connection it reconnects and reads again from the
-same cursors for up to `reconnect_s`; subscribers keep waiting on their buffers and miss
+same cursors for up to `reconnect_s`; subscribers keep waiting on their logs and miss
 nothing. A reconnected connection has a new CLIENT ID, so the reader asks for it again before
 its next XREAD (until then nobody sends CLIENT UNBLOCK: a stale id could name another
 client). If the server stays away longer, every subscriber raises the reader's
@@ -122,6 +131,8 @@ class Fanout:
         try:
             t = self._t
             skip_catch_up = fresh and cursor == "0-0"
+            events: list[StreamEvent] = []
+            event: StreamEvent | None = None
             while True:
                 # 1. catch up by ourselves (not on a fresh job's first pass: nothing to catch)
                 while not skip_catch_up:
@@ -145,6 +156,7 @@ class Fanout:
                         continue  # its terminal entry exists: one more read decides
                 # 2. join the fan-out and read the gap, if the reader is ahead of us
                 sub, ahead = self._join(keys, f.cursor)
+                watched = sub.watched
                 try:
                     if entry_id_key(ahead) > entry_id_key(f.cursor):
                         events = f.take(await t.range_after(keys, f.cursor, ahead))
@@ -153,35 +165,49 @@ class Fanout:
                             yield event
                         if f.done:
                             return
-                    sub.skip_to = entry_id_key(f.cursor)
-                    # 3. live (the hot loop: one iteration per event per subscriber)
-                    buffer = sub.buffer
+                    events, event = [], None  # not kept alive while following: fewer GC objects
+                    skip_to: tuple[int, int] | None = entry_id_key(f.cursor)
+                    # 3. live: read the shared log by index (the hot loop: one iteration per
+                    # event per subscriber, no await unless the log has nothing unread)
+                    log = watched.log
+                    last: StreamEvent | None = None
                     while True:
-                        if not buffer:
-                            sub.waiter = sub.loop.create_future()
+                        i = sub.pos - watched.base
+                        if i >= len(log):
+                            waiter = watched.waiting()
                             try:
-                                await sub.waiter
-                            finally:
-                                sub.waiter = None
+                                await waiter
+                            except asyncio.CancelledError:
+                                task = asyncio.current_task()
+                                if task is None or task.cancelling():
+                                    raise  # we are cancelled, not just the shared future
                             continue
-                        item = buffer.popleft()
-                        if item is _OVERFLOW:
-                            break  # dropped from the fan-out: catch up by ourselves, rejoin
+                        if i < 0:
+                            break  # dropped (fell behind): catch up by ourselves, rejoin
+                        item = log[i]
+                        sub.pos += 1
                         if type(item) is _Raise:
+                            if item.exc is None:
+                                break  # the reader stopped: catch up by ourselves, rejoin
                             raise item.exc
                         live: StreamEvent = item
-                        if sub.skip_to is not None:
-                            if entry_id_key(live.id or "0-0") <= sub.skip_to:
+                        if skip_to is not None:
+                            if entry_id_key(live.id or "0-0") <= skip_to:
                                 continue
-                            sub.skip_to = None
-                        f.advance(live)
+                            skip_to = None
+                        last = live
                         if live.type is _CHUNK:
                             chunks += 1
-                        else:
-                            saw(live)
-                        yield live
-                        if f.done:
+                            yield live
+                            continue
+                        saw(live)
+                        if live.is_terminal:
+                            f.advance(live)
+                            yield live
                             return
+                        yield live
+                    if last is not None:
+                        f.advance(last)  # the cursor the catch-up reads from
                 finally:
                     self._leave(sub)
         finally:
@@ -189,9 +215,9 @@ class Fanout:
             await self.presence.leave(keys)
 
     def _join(self, keys: JobKeys, cursor: str) -> tuple[_Subscriber, str]:
-        """Add a subscriber at `cursor`; return it and the reader's cursor for the stream.
-        Synchronous: no entry the reader reads after this can miss the new buffer."""
-        sub = _Subscriber(keys, self._buffer_size)
+        """Add a subscriber at the end of the stream's log; return it and the reader's cursor
+        for the stream. Synchronous: every entry the reader reads after this is in the log
+        past the subscriber's index."""
         stream = keys.events
         bucket = keys.bucket if self._t.cluster else None
         group = self._groups.get(bucket)
@@ -200,20 +226,20 @@ class Fanout:
         watched = group.watched.get(stream)
         if watched is None:
             now = asyncio.get_running_loop().time()
-            watched = group.watched[stream] = _Watched(keys, cursor, now)
+            watched = _Watched(keys, cursor, now, self._buffer_size)
+            group.watched[stream] = watched
             self._kick(group)
-        watched.subs.add(sub)
-        return sub, watched.follower.cursor
+        return watched.join(), watched.follower.cursor
 
     def _leave(self, sub: _Subscriber) -> None:
-        stream = sub.keys.events
-        group = self._groups.get(sub.keys.bucket if self._t.cluster else None)
-        watched = None if group is None else group.watched.get(stream)
-        if group is None or watched is None:
-            return
+        watched = sub.watched
         watched.subs.discard(sub)
-        if not watched.subs:
-            del group.watched[stream]
+        if watched.subs:
+            return
+        keys = watched.keys
+        group = self._groups.get(keys.bucket if self._t.cluster else None)
+        if group is not None and group.watched.get(keys.events) is watched:
+            del group.watched[keys.events]
 
     def _kick(self, group: _Group) -> None:
         """Start the group's reader, or make it re-issue its XREAD with the new stream now."""
@@ -265,14 +291,12 @@ class Fanout:
             pass
         except ServerUnavailable as exc:  # down for reconnect_s: every subscriber raises it
             for watched in group.watched.values():
-                for sub in list(watched.subs):
-                    sub.push(_Raise(exc))
+                watched.post(_Raise(exc))
             group.watched.clear()
         except Exception as exc:  # anything else: every subscriber catches up alone
             logger.warning("fan-out reader stopped (%s); subscribers read on their own", exc)
             for watched in group.watched.values():
-                for sub in list(watched.subs):
-                    sub.push(_OVERFLOW)
+                watched.post(_OVERFLOW)
             group.watched.clear()
         finally:
             await self._disconnect(group)
@@ -340,7 +364,7 @@ class Fanout:
         watched = group.watched.get(stream)
         if watched is None or not entries:
             return
-        follower, subs = watched.follower, watched.subs
+        follower = watched.follower
         watched.last_seen = now
         try:
             events: list[Any] = decode_entries(follower.job_id, entries)
@@ -354,10 +378,8 @@ class Fanout:
         for event in events:
             if type(event) is not _Raise:
                 follower.advance(event)
-            for sub in tuple(subs):
-                if not sub.push(event):
-                    subs.discard(sub)  # overflowed: it catches up by itself and rejoins
-        if not subs:
+        watched.append(events)  # one batch, one wake-up of the subscribers waiting
+        if not watched.subs:  # every subscriber fell behind: each catches up by itself
             del group.watched[stream]
 
     async def _check_idle(self, group: _Group, now: float) -> None:
@@ -370,5 +392,4 @@ class Fanout:
             try:
                 watched.follower.on_idle(verdict)
             except JobNotFound as exc:
-                for sub in list(watched.subs):
-                    sub.push(_Raise(exc))
+                watched.post(_Raise(exc))

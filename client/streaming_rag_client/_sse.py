@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from streaming_rag import StreamEvent
 from streaming_rag.exceptions import InvalidRequest, JobNotFound, ServerUnavailable
@@ -43,6 +43,7 @@ __all__ = [
     "entry_key",
     "event_stream",
     "format_event",
+    "format_page",
     "resume_cursor",
 ]
 
@@ -80,6 +81,31 @@ def format_event(event: StreamEvent) -> bytes:
         with contextlib.suppress(StopIteration, KeyError, RuntimeError):  # another thread won
             del _frames[next(iter(_frames))]
     _frames[id(event)] = (event, frame)
+    return frame
+
+
+#: How many pages' frames `format_page` remembers (FIFO).
+PAGE_CACHE_SIZE = 256
+_pages: dict[int, tuple[Sequence[StreamEvent], bytes]] = {}
+
+
+def format_page(page: Sequence[StreamEvent]) -> bytes:
+    """The SSE messages of a page of events (`_fanout_pages.follow_pages`), as one chunk.
+
+    The fan-out hands watchers at the same place the same page object, so the last
+    `PAGE_CACHE_SIZE` pages are kept (with the page, so its `id()` cannot be reused while
+    cached) and every such watcher is sent the same bytes: one encoding per page, none per
+    watcher."""
+    if len(page) == 1:
+        return format_event(page[0])
+    hit = _pages.get(id(page))
+    if hit is not None and hit[0] is page:
+        return hit[1]
+    frame = b"".join([format_event(e) for e in page])
+    if len(_pages) >= PAGE_CACHE_SIZE:
+        with contextlib.suppress(StopIteration, KeyError, RuntimeError):
+            del _pages[next(iter(_pages))]
+    _pages[id(page)] = (page, frame)
     return frame
 
 

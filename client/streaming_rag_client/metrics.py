@@ -12,10 +12,10 @@ internal port, or `BridgeMetrics.serve`. Every metric is listed in docs/operatio
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from streaming_rag import StreamEvent
+from streaming_rag import EventType, StreamEvent
 
 __all__ = ["INSTALL_HINT", "BridgeMetrics"]
 
@@ -74,23 +74,51 @@ class BridgeMetrics:
     ) -> AsyncGenerator[StreamEvent, None]:
         """`events` of `job_id`, counted: the stream is open from the first read to the close,
         and each event is a delivered message. Closing this closes `events`."""
-        count = self._per_job.get(job_id, 0) + 1
-        self._per_job[job_id] = count
-        self.streams.inc()
-        self.opened.inc()
-        self.subscribers.observe(count)
+        self._opened(job_id)
         try:
             async for event in events:
                 self.messages.labels(type=str(event.type)).inc()
                 yield event
         finally:
-            self.streams.dec()
-            left = self._per_job.get(job_id, 1) - 1
-            if left > 0:
-                self._per_job[job_id] = left
-            else:
-                self._per_job.pop(job_id, None)
+            self._closed(job_id)
             await events.aclose()
+
+    async def watched_pages(
+        self, job_id: str, pages: AsyncGenerator[Sequence[StreamEvent], None]
+    ) -> AsyncGenerator[Sequence[StreamEvent], None]:
+        """`watched` for pages of events (`_fanout_pages.follow_pages`): each event of a page
+        is a delivered message (chunks counted once per page). Closing this closes `pages`."""
+        self._opened(job_id)
+        chunks = self.messages.labels(type=str(EventType.CHUNK))
+        try:
+            async for page in pages:
+                n = 0
+                for event in page:
+                    if event.type is EventType.CHUNK:
+                        n += 1
+                    else:
+                        self.messages.labels(type=str(event.type)).inc()
+                if n:
+                    chunks.inc(n)
+                yield page
+        finally:
+            self._closed(job_id)
+            await pages.aclose()
+
+    def _opened(self, job_id: str) -> None:
+        count = self._per_job.get(job_id, 0) + 1
+        self._per_job[job_id] = count
+        self.streams.inc()
+        self.opened.inc()
+        self.subscribers.observe(count)
+
+    def _closed(self, job_id: str) -> None:
+        self.streams.dec()
+        left = self._per_job.get(job_id, 1) - 1
+        if left > 0:
+            self._per_job[job_id] = left
+        else:
+            self._per_job.pop(job_id, None)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``GET /metrics`` on `host`:`port` (prometheus-client's server, in a thread);

@@ -31,7 +31,6 @@ no valid credentials → 401, refused → 403 (`authorize=`, capability tokens),
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import os
@@ -55,9 +54,11 @@ from streaming_rag.wire import DEFAULT_PREFIX, validate_job_id
 from ._auth import SECRET_ENV, Action, Authorize, Capabilities, Gate, secret_from_env
 from ._client import PREFIX_ENV, StreamingRAGClient
 from ._core import JobStatus
+from ._fanout_pages import Nudge, follow_pages
 from ._http import EventStreamResponse, exception_handlers
 from ._limits import MAX_BODY_BYTES, RateLimit, json_body
 from ._sse import RETRY_MS, OpenStreams, entry_key, event_stream, resume_cursor
+from ._sse_sink import Stopping, page_stream
 from .tracing import TraceMiddleware, note_job, watch_job
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class _Bridge:
         self.max_body_bytes = max_body_bytes
         self.retry_ms = retry_ms
         self.streams = OpenStreams()
-        self.stopping = asyncio.Event()
+        self.stopping = Stopping()  # an asyncio.Event that also wakes every open stream
         static = files("streaming_rag_client").joinpath("static")
         self.page = static.joinpath("index.html").read_text(encoding="utf-8")
         self.client_js = static.joinpath("client.js").read_text(encoding="utf-8")
@@ -185,7 +186,25 @@ class _Bridge:
             raise JobNotFound(job_id, self.rag.prefix)
         if after is not None and status in _ENDED and await self.ended_by(job_id, after):
             return Response(status_code=204)  # nothing left: an EventSource stops here
-        events = self.rag.aevents(job_id, after=after)
+        rag = self.rag
+        if rag.fanout:  # pages of the job's shared log: one wake-up per page, frames shared
+            rag._async_transport()  # the client's fan-out exists from here on
+            assert rag._fanout is not None
+            nudge = Nudge()
+            pages = follow_pages(rag._fanout, rag._keys(job_id), after or "0-0", rag._stats, nudge)
+            if self.metrics is not None:
+                pages = self.metrics.watched_pages(job_id, pages)
+            return EventStreamResponse(
+                page_stream(
+                    pages,
+                    nudge,
+                    self.keepalive_s,
+                    self.streams,
+                    stopping=self.stopping,
+                    retry_ms=self.retry_ms,
+                )
+            )
+        events = rag.aevents(job_id, after=after)
         if self.metrics is not None:
             events = self.metrics.watched(job_id, events)
         stream = event_stream(

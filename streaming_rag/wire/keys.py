@@ -276,3 +276,8 @@ def sweep_lock_key(prefix: str) -> str:
 def wake_key(prefix: str) -> str:
     """The list on which each submit pushes one wake-up token for an idle worker."""
     return f"{prefix}:wake"
+
+
+def taken_key(prefix: str) -> str:
+    """The list an idle worker's BLMOVE moves a wake-up token to, for its pipelined TAKE."""
+    return f"{prefix}:wake:taken"

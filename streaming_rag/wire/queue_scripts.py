@@ -22,13 +22,16 @@ from .keys import (
 
 __all__ = [
     "CLAIM",
+    "CLAIM_FN",
     "CLAIM_KEYS_PER_JOB",
+    "TAKE",
     "DEQUEUE",
     "ENQUEUE",
     "ENQUEUE_FN",
     "claim_call",
     "dequeue_call",
     "enqueue_call",
+    "take_call",
 ]
 
 #: Lua: enqueue(arq_job, queue, wake, index, deadline) with SUBMIT's ARGV. Writes the same arq
@@ -36,10 +39,10 @@ __all__ = [
 #: as a wake-up token for an idle worker, and indexes the job for the workers' sweep (due at
 #: its start deadline).
 ENQUEUE_FN = """
-local function enqueue(arq_job, queue, wake, index, deadline)
+local function enqueue(arq_job, queue, wake, index, deadline, token)
   redis.call('SET', arq_job, ARGV[2], 'PX', ARGV[5])
   redis.call('ZADD', queue, ARGV[3], ARGV[1])
-  redis.call('RPUSH', wake, ARGV[1])
+  redis.call('RPUSH', wake, token)
   redis.call('LTRIM', wake, -1024, -1)
   redis.call('PEXPIRE', wake, 60000)
   redis.call('ZADD', index, deadline, ARGV[7])
@@ -55,7 +58,7 @@ ENQUEUE = (
     + ENQUEUE_FN
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-enqueue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now + tonumber(ARGV[4]))
+enqueue(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now + tonumber(ARGV[4]), ARGV[1])
 return 1
 """
 )
@@ -92,6 +95,38 @@ def dequeue_call(keys: JobKeys) -> ScriptCall:
     )
 
 
+#: Lua: claim(id, score, in_progress, retry, record, meta, lease, ttl_ms, lease_ms, worker)
+#: claims one queued arq job (its in-progress marker, exactly as arq sets it), STARTs it when
+#: `meta` is not empty, INCRs its try counter and appends id, score, verdict, record, tries to
+#: `out`. Returns nothing (a job in progress elsewhere is skipped).
+CLAIM_FN = """
+local out = {}
+local function claim(id, score, in_progress, retry, record, meta, lease, ttl_ms, lease_ms, worker)
+  if not redis.call('SET', in_progress, '1', 'NX', 'PX', ttl_ms) then return end
+  local verdict = 'unstarted'
+  if meta ~= '' then
+    local s = redis.call('HGET', meta, 'status')
+    if s == 'queued' then
+      redis.call('HSET', meta, 'status', 'running', 'started_ms', now, 'worker', worker)
+      redis.call('PERSIST', meta)
+      redis.call('SET', lease, worker, 'PX', lease_ms)
+      verdict = 'ok'
+    elseif s then
+      verdict = s
+    else
+      verdict = 'missing'
+    end
+  end
+  local tries = redis.call('INCR', retry)
+  redis.call('EXPIRE', retry, 88400)
+  out[#out + 1] = id
+  out[#out + 1] = score
+  out[#out + 1] = verdict
+  out[#out + 1] = redis.call('GET', record)
+  out[#out + 1] = tries
+end
+"""
+
 #: Worker: claim arq jobs and start them, in one round trip (arq's `start_jobs` spends four
 #: per job: WATCH, EXISTS, ZSCORE, MULTI/EXEC; then the job's START would be a fifth).
 #: KEYS queue, then per job `CLAIM_KEYS_PER_JOB` keys: arq in-progress, arq retry, arq record,
@@ -107,42 +142,88 @@ def dequeue_call(keys: JobKeys) -> ScriptCall:
 #: record (or false), try count, ...
 CLAIM = (
     _NOW
+    + CLAIM_FN
     + """
-local out = {}
 for i = 5, #ARGV do
   local id = ARGV[i]
   local k = 1 + (i - 5) * 5
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= tonumber(ARGV[2]) then
-    if redis.call('SET', KEYS[k + 1], '1', 'NX', 'PX', ARGV[1]) then
-      local verdict = 'unstarted'
-      local meta, lease = KEYS[k + 4], KEYS[k + 5]
-      if meta ~= '' then
-        local s = redis.call('HGET', meta, 'status')
-        if s == 'queued' then
-          redis.call('HSET', meta, 'status', 'running', 'started_ms', now, 'worker', ARGV[4])
-          redis.call('PERSIST', meta)
-          redis.call('SET', lease, ARGV[4], 'PX', ARGV[3])
-          verdict = 'ok'
-        elseif s then
-          verdict = s
-        else
-          verdict = 'missing'
-        end
-      end
-      local tries = redis.call('INCR', KEYS[k + 2])
-      redis.call('EXPIRE', KEYS[k + 2], 88400)
-      out[#out + 1] = id
-      out[#out + 1] = score
-      out[#out + 1] = verdict
-      out[#out + 1] = redis.call('GET', KEYS[k + 3])
-      out[#out + 1] = tries
-    end
+    claim(id, score, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+          ARGV[1], ARGV[3], ARGV[4])
   end
 end
 return out
 """
 )
+
+#: Worker: the claim folded into the wake-up. An idle worker sends, in one pipeline, ``BLMOVE
+#: {prefix}:wake {prefix}:wake:taken LEFT RIGHT <timeout>`` and then this script; the server
+#: runs the script as soon as the BLMOVE returns (or times out), so the wake-up reply carries
+#: the claimed job: one round trip from the idle worker to a started job.
+#: KEYS queue, taken; ARGV in_progress_ttl_ms, lease_ms, worker_name, free slots, with_start
+#: ('1' or '0'), then arq's in-progress, retry and job key prefixes. Pops up to `free` tokens
+#: from `taken` (any worker's: a token is a hint, the in-progress marker is the claim, so a
+#: job is claimed at most once whoever pops it) and CLAIMs each job still in the queue (a
+#: token is pushed at enqueue, for a job due at once: no due check). A token is
+#: ``<arq job id>`` or ``<arq job id>\t<job key base>`` (SUBMIT's, when one server holds the
+#: job's keys too): with the base and `with_start`, the job is STARTed here as CLAIM does.
+#: Tokens left in `taken` (a worker gone between its two commands) expire with it (60 s).
+#: Returns CLAIM's flat list.
+TAKE = (
+    _NOW
+    + CLAIM_FN
+    + """
+local tokens = redis.call('LPOP', KEYS[2], tonumber(ARGV[4]))
+if tokens then
+  for _, token in ipairs(tokens) do
+    local id, base = token, nil
+    local tab = string.find(token, '\t', 1, true)
+    if tab then
+      id, base = string.sub(token, 1, tab - 1), string.sub(token, tab + 1)
+    end
+    local meta, lease = '', ''
+    if base and ARGV[5] == '1' then meta, lease = base .. ':job', base .. ':lease' end
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score then
+      claim(id, score, ARGV[6] .. id, ARGV[7] .. id, ARGV[8] .. id, meta, lease,
+            ARGV[1], ARGV[2], ARGV[3])
+    end
+  end
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], 60000) end
+end
+return out
+"""
+)
+
+
+def take_call(
+    queue: str,
+    taken: str,
+    *,
+    in_progress_ttl_ms: int,
+    lease_ms: int,
+    worker: str,
+    free: int,
+    with_start: bool = True,
+) -> ScriptCall:
+    """TAKE up to `free` wake-up tokens that the pipelined BLMOVE moved to `taken`, and CLAIM
+    (and START, `with_start`) their jobs for `worker`. The queue server is never a cluster,
+    so the script may name keys it derives from the tokens."""
+    return ScriptCall(
+        [queue, taken],
+        [
+            in_progress_ttl_ms,
+            lease_ms,
+            worker,
+            free,
+            "1" if with_start else "0",
+            ARQ_IN_PROGRESS_KEY_PREFIX,
+            ARQ_RETRY_KEY_PREFIX,
+            ARQ_JOB_KEY_PREFIX,
+        ],
+    )
+
 
 #: How many KEYS `claim_call` declares per job (after the queue).
 CLAIM_KEYS_PER_JOB = 5

@@ -35,9 +35,11 @@ from .queue_scripts import (
     DEQUEUE,
     ENQUEUE,
     ENQUEUE_FN,
+    TAKE,
     claim_call,
     dequeue_call,
     enqueue_call,
+    take_call,
 )
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "PUBLISH",
     "START",
     "SUBMIT",
+    "TAKE",
     "ScriptCall",
     "cancel_call",
     "check_call",
@@ -61,6 +64,7 @@ __all__ = [
     "publish_call",
     "start_call",
     "submit_call",
+    "take_call",
 ]
 
 #: KEYS meta, events[, arq_job, queue, wake, index]; ARGV arq_job_id, job_bytes, score_ms,
@@ -82,7 +86,11 @@ local deadline = now + tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'created_ms', now, 'nonce', ARGV[6],
            'start_timeout_ms', ARGV[4], 'start_deadline_ms', deadline)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if #KEYS > 2 then enqueue(KEYS[3], KEYS[4], KEYS[5], KEYS[6], deadline) end
+if #KEYS > 2 then
+  -- the wake-up token names the job's keys too, so TAKE can START it in the same call
+  local token = ARGV[1] .. '\t' .. string.sub(KEYS[1], 1, -5)
+  enqueue(KEYS[3], KEYS[4], KEYS[5], KEYS[6], deadline, token)
+end
 return 1
 """
 )

@@ -49,6 +49,7 @@ from streaming_rag.wire.ids import EntryIds, parse_entry_id
 from streaming_rag.wire.scripts import PUBLISH, publish_call
 
 from ._retry import Backoff, OutageLog, is_transient
+from .direct import DirectConnection
 from .events_client import is_cluster
 from .metrics import NO_METRICS, Metrics
 
@@ -127,6 +128,7 @@ class Publisher:
         self._redis = redis
         self._cluster = is_cluster(redis)
         self._script = redis.register_script(PUBLISH)
+        self._direct = DirectConnection(redis.connection_pool) if not self._cluster else None
         self._lease_ms = lease_ms
         self._retention_ms = retention_ms
         self._high_water = high_water
@@ -238,37 +240,29 @@ class Publisher:
             log.resolve(False)
 
     async def _send(self, logs: list[_JobLog]) -> None:
-        # EVALSHA straight into the pipeline: redis-py's Script objects would make every
-        # pipeline send SCRIPT EXISTS first (an extra round trip per flush). A server that
-        # lost the script (restart, failover, SCRIPT FLUSH) answers NOSCRIPT for every call of
-        # the batch, none of which ran: load it and send the batch again.
+        # EVALSHA straight onto the publisher's own connection (`DirectConnection`: a Script
+        # object in a pipeline sends SCRIPT EXISTS first, and redis-py's per-command machinery
+        # costs as much CPU as the call). A server that lost the script (restart, failover,
+        # SCRIPT FLUSH) answers NOSCRIPT for every call of the batch, none of which ran: load
+        # it and send the batch again.
         if self._replicas is None:
             await self._count_replicas()
         ends = [len(log.entries) for log in logs]
         t0 = time.perf_counter()
-        if self._cluster:
+        if self._direct is None:  # a cluster
             await self._send_each(logs, ends, t0)
             return
         wait = bool(self._replicas) and any(log.final_status for log in logs)
         for attempt in range(2):
-            if len(logs) == 1 and not wait:  # one job (paced tokens): no pipeline machinery
-                call = self._call(logs[0], ends[0])
-                try:
-                    results = [
-                        await self._redis.evalsha(
-                            self._script.sha, len(call.keys), *call.keys, *call.args
-                        )
-                    ]
-                except NoScriptError as exc:
-                    results = [exc]
-            else:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for log, end in zip(logs, ends, strict=True):
-                        call = self._call(log, end)
-                        pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
-                    if wait:  # a job's end counts once a replica has it (`_count_replicas`)
-                        pipe.execute_command("WAIT", self._replicas, self._ack_timeout_ms)
-                    results = await pipe.execute(raise_on_error=False)
+            commands: list[list[Any]] = []
+            for log, end in zip(logs, ends, strict=True):
+                call = self._call(log, end)
+                commands.append(
+                    ["EVALSHA", self._script.sha, len(call.keys), *call.keys, *call.args]
+                )
+            if wait:  # a job's end counts once a replica has it (`_count_replicas`)
+                commands.append(["WAIT", self._replicas, self._ack_timeout_ms])
+            results = await self._direct.call(commands)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 self._script.sha = await self._redis.script_load(PUBLISH)
                 continue
@@ -409,3 +403,5 @@ class Publisher:
         except asyncio.CancelledError:
             pass
         self._task = None
+        if self._direct is not None:
+            await self._direct.aclose()

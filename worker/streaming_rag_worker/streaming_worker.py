@@ -1,15 +1,20 @@
 """`StreamingWorker`: arq's `Worker`, started by wake-ups instead of polling.
 
 Stock arq sleeps `poll_delay` (0.5 s) between queue polls, so a job waits ~250 ms on average
-before it starts. Here, between polls, an idle worker blocks in BLPOP on the prefix's wake list
-(`{prefix}:wake`), to which every submit pushes its arq job id in the same round trip as the
-enqueue. The popped id goes straight to one CLAIM script call (arq's in-progress marker, the
-job's START, the arq record and its try count), and the job runs with no further round trip.
-(With the events on another server than the queue, CLAIM cannot START the job: the job
-function STARTs it on the events server, one more round trip.)
-An idle worker costs no CPU (the server holds the BLPOP); one token wakes exactly one worker
+before it starts. Here, between polls, an idle worker blocks on the prefix's wake list
+(`{prefix}:wake`), to which every submit pushes a token (its arq job id, and the job's key base
+when one server holds both) in the same round trip as the enqueue. The wait is one pipeline of
+two commands: ``BLMOVE`` of a token to `{prefix}:wake:taken`, then the TAKE script, which the
+server runs as soon as the BLMOVE returns: it claims the job (arq's in-progress marker, so at
+most once), STARTs it, and returns its arq record and try count. So the wake-up reply carries
+the started job: one round trip from an idle worker to a running job, and no more before its
+first event. (With the events on another server than the queue, TAKE cannot START the job: the
+job function STARTs it on the events server, one more round trip.)
+An idle worker costs no CPU (the server holds the BLMOVE); one token wakes exactly one worker
 (no stampede); a worker at `max_jobs` takes no tokens (it waits for a free slot, leaving them
-to idle peers); `poll_delay` remains the fallback period for deferred jobs and lost tokens.
+to idle peers); `poll_delay` remains the fallback period for deferred jobs and lost tokens
+(a token's reply lost to a dropped connection leaves its job claimed and unstarted-or-started
+by nobody: the lease or start deadline ends it, it never runs twice).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from arq.connections import create_pool, log_redis_info
 from arq.jobs import deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Worker
+from redis.exceptions import NoScriptError
 
-from streaming_rag.wire.keys import JobKeys, wake_key
+from streaming_rag.wire.keys import JobKeys, taken_key, wake_key
 from streaming_rag.wire.models import JOB_FUNCTION
-from streaming_rag.wire.scripts import CLAIM, claim_call
+from streaming_rag.wire.scripts import CLAIM, TAKE, claim_call, take_call
 
 from ._retry import Backoff, OutageLog, is_transient
 from .job import end_invalid
@@ -44,9 +50,9 @@ class StreamingWorker(Worker):
     """arq's `Worker`, woken by submits instead of polling (see the module docstring), with
     a graceful `stop()` and a `close()` that never raises a job's cancellation."""
 
-    _wake_client: Any = None
     _slot_freed: asyncio.Event | None = None
     _claim: Any = None
+    _take: Any = None
     _prefetched: dict[str, bytes]
 
     def __init__(self, runtime: WorkerRuntime, **settings: Any) -> None:
@@ -68,32 +74,25 @@ class StreamingWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        # BLPOP holds its connection: give it one of its own, on the same server.
         self._prefetched = {}
-        self._wake_client = self.pool.client()
         self._slot_freed = asyncio.Event()
         wake = wake_key(self.runtime.config.prefix)
         self._claim = self.pool.register_script(CLAIM)
+        self._take = self.pool.register_script(TAKE)
         backoff, outage = Backoff(), OutageLog(logger, "worker " + self.runtime.config.name)
-        try:
-            while True:
-                try:
-                    if await self._iteration(wake):
-                        return
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    delay = backoff.next_delay()
-                    outage.down(exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                backoff.reset()
-                outage.up()
-        finally:
-            client, self._wake_client = self._wake_client, None
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        while True:
+            try:
+                if await self._iteration(wake):
+                    return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next_delay()
+                outage.down(exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            outage.up()
 
     async def _connect(self) -> Any:
         """arq's pool, waiting up to `startup_wait_s` for a server that is not up yet (a
@@ -133,36 +132,62 @@ class StreamingWorker(Worker):
             if await self.pool.zcard(self.queue_name) == 0:
                 await asyncio.gather(*self.tasks.values())
                 return True
-        # Between full polls: start each job as its wake-up token arrives.
+        # Between full polls: claim and start each job as its wake-up token arrives.
         loop = asyncio.get_running_loop()
         next_poll = loop.time() + self.poll_delay_s
         while (remaining := next_poll - loop.time()) > 0:
-            job_id = await self._wait_for_work(wake, remaining)
-            if job_id is None:
+            claimed = await self._wait_for_work(wake, remaining)
+            if claimed is None:
                 break
-            await self.start_jobs([job_id])
+            await self._run_claimed(claimed)
         return False
 
-    async def _wait_for_work(self, wake: str, timeout_s: float) -> bytes | None:
-        """A job id from a submit's wake-up token; None after `timeout_s`, or as soon as a
+    async def _wait_for_work(self, wake: str, timeout_s: float) -> list[Any] | None:
+        """The jobs a submit's wake-up token claimed for us (TAKE's flat list, maybe empty
+        when another worker took the job first); None after `timeout_s`, or as soon as a
         slot frees up while the worker is full (time for a full poll)."""
         assert self._slot_freed is not None
         if not self.allow_pick_jobs:
             await asyncio.sleep(timeout_s)
             return None
-        if self.job_counter >= self.max_jobs:
+        free = self.max_jobs - self.job_counter
+        if free <= 0:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     await self._slot_freed.wait()
             return None
-        popped = await self._wake_client.blpop([wake], timeout=max(timeout_s, 0.01))
-        return popped[1] if popped else None
+        cfg = self.runtime.state.config
+        taken = taken_key(cfg.prefix)
+        call = take_call(
+            self.queue_name,
+            taken,
+            in_progress_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            lease_ms=cfg.lease_ms,
+            worker=cfg.name,
+            free=free,
+            with_start=not self.runtime.state.split,
+        )
+        # One round trip: the server runs TAKE right after the BLMOVE returns. EVALSHA is sent
+        # raw (redis-py's pipeline would check SCRIPT EXISTS first, one more round trip).
+        pipe = self.pool.pipeline(transaction=False)
+        pipe.execute_command("BLMOVE", wake, taken, "LEFT", "RIGHT", max(timeout_s, 0.01))
+        pipe.execute_command("EVALSHA", self._take.sha, len(call.keys), *call.keys, *call.args)
+        moved, claimed = await pipe.execute(raise_on_error=False)
+        if isinstance(moved, Exception):
+            raise moved
+        if isinstance(claimed, Exception):
+            if not isinstance(claimed, NoScriptError):
+                raise claimed
+            # a new or restarted server has not the script yet: the token waits in `taken`
+            claimed = await self._take(keys=call.keys, args=call.args)
+        if moved is None and not claimed:
+            return None
+        return list(claimed)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim up to the free slots' worth of `job_ids` and START them in one script call,
-        then run each (the job function finds its START verdict in `state.started`; the
-        arq record and try count the script returned spare `run_job` a round trip)."""
+        """Claim up to the free slots' worth of `job_ids` (arq's poll found them) and START
+        them in one script call, then run each (`_run_claimed`)."""
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids or not self.allow_pick_jobs:
             return
@@ -182,6 +207,14 @@ class StreamingWorker(Worker):
             with_start=not state.split,
         )
         claimed = await self._claim(keys=call.keys, args=call.args)
+        await self._run_claimed(claimed)
+
+    async def _run_claimed(self, claimed: list[Any]) -> None:
+        """Run each job of CLAIM's or TAKE's flat list (the job function finds its START
+        verdict in `state.started`; the arq record and try count spare `run_job` a round
+        trip)."""
+        state = self.runtime.state
+        cfg = state.config
         for i in range(0, len(claimed), 5):
             job_id = claimed[i].decode() if isinstance(claimed[i], bytes) else claimed[i]
             score = int(float(claimed[i + 1]))
