@@ -14,6 +14,7 @@ BENCHMARKS = {
         "producer CPU, lag, late join, kill: ours vs Vercel's resumable-stream (Node)",
     ),
     "fanout": ("bench.fanout", "lag and CPU with 1..1,000 subscribers of one job"),
+    "capacity": ("bench.capacity", "100..2,000 concurrent answers at 50 tok/s, one worker"),
     "web": ("bench.web", "HTTP bridge: CPU per SSE message at 100..1,000 watchers, burst"),
     "ttft": ("bench.ttft", "submit -> first CHUNK at a subscriber, vs in-process"),
     "publish": ("bench.publish", "events/s one worker publishes, vs raw redis-py XADD"),

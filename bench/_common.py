@@ -51,18 +51,19 @@ def worker_process(
     *,
     kind: str = "fast",
     log: Path | None = None,
+    env: dict[str, str] | None = None,
     **config: Any,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A worker in a subprocess (`kind` "fast": ours; "stock": arq's own `Worker` and poll
     loop with our job function), stopped with SIGTERM at the end. Its stdout and stderr go
-    to `log` (appended) when given, else nowhere."""
+    to `log` (appended) when given, else nowhere; `env` adds to its environment."""
     spec = {"redis_url": url, "prefix": prefix, "app": app, **config}
     sink = open(log, "ab") if log is not None else None  # noqa: SIM115 (closed below)
     out = sink if sink is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench._worker", kind, json.dumps(spec)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
         stdout=out,
         stderr=out,
     )

@@ -2,12 +2,16 @@
 
 "fast" is `StreamingWorker` (woken by submits); "stock" is arq's own `Worker` class with
 the same settings and job function, polling every 0.5 s as arq does by default. Both set
-`{prefix}:bench-ready` once started.
+`{prefix}:bench-ready` once started. With `BENCH_WORKER_PROFILE=PATH` in the environment the
+worker samples its own stacks (`bench._sampling.StackSampler`) from SIGUSR1 to SIGUSR2 and
+then writes the counts to PATH (JSON).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -34,5 +38,23 @@ def main() -> None:
         StreamingWorker(runtime, **{**kwargs, "on_startup": on_startup}).run()
 
 
-if __name__ == "__main__":
+def profiled(path: str) -> None:
+    """`main()` with a stack sampler that SIGUSR1 starts and SIGUSR2 stops (writing `path`)."""
+    from bench._sampling import StackSampler
+
+    sampler = StackSampler()
+
+    def stop(signum: int, frame: object) -> None:
+        sampler.stop()
+        sampler.dump(path)
+
+    signal.signal(signal.SIGUSR1, lambda signum, frame: sampler.start())
+    signal.signal(signal.SIGUSR2, stop)
     main()
+
+
+if __name__ == "__main__":
+    if os.environ.get("BENCH_WORKER_PROFILE"):
+        profiled(os.environ["BENCH_WORKER_PROFILE"])
+    else:
+        main()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -125,3 +127,60 @@ class ClockLLM:
 
 def clock_app() -> StreamingRAG:
     return StreamingRAG(InstantBackend(), ClockLLM(), StreamConfig())
+
+
+class _Gates:
+    """One poller task per gate file per worker process (not one per job): the file's content,
+    written once and atomically by the benchmark, is the wall-clock time the answers start."""
+
+    def __init__(self) -> None:
+        self._opened: dict[str, asyncio.Future[float]] = {}
+        self._pollers: set[asyncio.Task[None]] = set()
+
+    async def start_time(self, path: str, timeout_s: float = 300.0) -> float:
+        opened = self._opened.get(path)
+        if opened is None:
+            opened = self._opened[path] = asyncio.get_running_loop().create_future()
+            poller = asyncio.create_task(self._poll(path, opened, timeout_s))
+            self._pollers.add(poller)
+            poller.add_done_callback(self._pollers.discard)
+        return await asyncio.shield(opened)
+
+    @staticmethod
+    async def _poll(path: str, opened: asyncio.Future[float], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not os.path.exists(path):  # noqa: ASYNC240 (another process's gate, every 10 ms)
+            if time.monotonic() > deadline:
+                opened.set_exception(TimeoutError(f"the gate {path} did not open"))
+                return
+            await asyncio.sleep(0.01)
+        with open(path) as gate:  # noqa: ASYNC230 (a few bytes, once per process)
+            opened.set_result(float(gate.read()))
+
+
+_GATES = _Gates()
+
+
+class ScheduledLLM:
+    """For the capacity benchmark: reads `gate=PATH`, `phase=P`, `tokens=N` and `interval=S`
+    from the prompt, waits until the file PATH exists (holding the start time T, written by the
+    benchmark once every answer is running), then yields N tokens on the wall-clock schedule
+    `T + P + k*S` (k = 0..N-1), each `"<scheduled>/<produced> "`: when the token was due and
+    the `time.time()` at which the job yielded it. A job whose loop falls behind yields its
+    overdue tokens at once (as a real LLM's buffered network stream would), so
+    `produced - scheduled` is the worker's own delay."""
+
+    async def astream(self, prompt: str) -> AsyncIterator[str]:
+        words = dict(w.split("=", 1) for w in prompt.split() if "=" in w)
+        start = await _GATES.start_time(words["gate"]) + float(words.get("phase", "0"))
+        interval = float(words.get("interval", "0.02").strip(".:"))
+        for k in range(int(words.get("tokens", "1").strip(".:"))):
+            due = start + k * interval
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield f"{due:.6f}/{time.time():.6f} "
+
+
+def capacity_app() -> StreamingRAG:
+    return StreamingRAG(InstantBackend(), ScheduledLLM(), StreamConfig())

@@ -33,6 +33,7 @@ ORDER = (
     "publish",
     "paced",
     "fanout",
+    "capacity",
     "web",
     "replay",
     "memory",
