@@ -27,7 +27,7 @@ from typing import Any
 from ._capacity_run import APP, Plan, lease_config, measure
 from ._common import new_prefix, server
 from ._common import worker_process as worker
-from ._tools import drop_prefix, emit_json, verdict
+from ._tools import drop_prefix, emit_json, scorecard, verdict
 
 LEVELS = (100, 500, 1000, 2000)
 QUICK_LEVELS = (100, 500)
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     counted = [r for r in result["rows"] if r["counts"]]
     result["target"] = TARGET
     result["verdict"] = verdict(bool(counted) and all(r["meets_target"] for r in counted))
+    _record(result)
     if args.json:
         emit_json(result)
         return 0
@@ -282,3 +283,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.lease_s is not None:
         print(f"the worker's job lease: {args.lease_s:g} s (--lease-s; default 3 s)")
     return 0
+
+
+def _record(result: dict[str, Any]) -> None:
+    """The scorecard row: p99 lag per N (flush_ms 0), the N = 1,000 row against the target,
+    beside the worker's CPU per token and load."""
+    rows = sorted((r for r in result["rows"] if not r["flush_ms"]), key=lambda r: r["answers"])
+    if not rows:
+        return
+    lags = ", ".join(f"N={r['answers']:,}: {_fig(r, 'lag_p99_ms', 1)}" for r in rows)
+    cpu = ", ".join(
+        f"N={r['answers']:,}: {_fig(r, 'worker_us_per_token_all')} µs/tok "
+        f"{_fig(r, 'worker_cpu_pct')}% CPU"
+        for r in rows
+    )
+    counted = [r for r in rows if r["counts"]]
+    scorecard(
+        "concurrent answers at 50 tok/s through one worker: p99 lag (ms)",
+        lags,
+        f"worker {cpu}",
+        "1,000 per worker process at p99 <= 10 ms",
+        bool(counted) and all(r["meets_target"] for r in counted) if counted else None,
+    )
