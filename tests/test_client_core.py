@@ -109,10 +109,11 @@ def test_a_finished_stream_is_read_once_and_ends_at_its_terminal_event() -> None
 
 def test_a_full_page_makes_the_next_read_ask_for_a_bigger_one() -> None:
     fake = FakeStream()
-    ids = answer(fake, "x" * (READ_COUNT + REPLAY_COUNT))  # needs three reads
+    ids = answer(fake, "x" * (READ_COUNT + REPLAY_COUNT))  # needs three reads (2 + chunks)
     events, stats = run(fake)
     assert [e.id for e in events] == ids
     assert fake.counts == [READ_COUNT, REPLAY_COUNT, REPLAY_COUNT]
+    assert len(fake.calls) == 1 + -(-(len(ids) - READ_COUNT) // REPLAY_COUNT)
     assert stats.snapshot()["total_chunks"] == READ_COUNT + REPLAY_COUNT
     short = FakeStream()
     answer(short, "ab")

@@ -12,8 +12,8 @@ Following a job (`Follower`):
 2. Every entry is decoded (strictly) into a `StreamEvent` with `id` set; the cursor moves on;
    the terminal event (GENERATION_DONE or ERROR) ends the iteration. Reads ask for
    `READ_COUNT` entries; after a page that came back full (a backlog: a finished job's
-   replay, a late subscriber) for `REPLAY_COUNT`, so a long trace takes fewer round trips
-   (no extra one: the next read just asks for more) while a page stays bounded.
+   replay, a late subscriber) for `REPLAY_COUNT` (no extra round trip: the next read just
+   asks for that many; equal to `READ_COUNT` now, see there).
 3. A read that returns nothing runs the CHECK script, whose verdict decides: `missing` → the
    job is unknown or expired (`JobNotFound`); `lost` / `withdrawn` → CHECK has just appended
    the terminal ERROR, read on; `queued` / `running` → wait on; a final status → one more
@@ -64,10 +64,12 @@ __all__ = [
 #: Entries a read asks for at first (and the fan-out's reads always).
 READ_COUNT = 1000
 #: Entries a follower's read asks for once a page came back full: a backlog to catch up on.
-#: Not more: a bigger page saves round trips but costs more CPU per event (the garbage
-#: collector traverses the page's young objects more often): counted instructions per event
-#: of a sync replay, pages of 1,000 / 2,000 / 5,000: +0 / +2 / +8 %.
-REPLAY_COUNT = 2000
+#: Kept at `READ_COUNT`: bigger pages were measured slower on one machine (a sync replay of
+#: 10,000 events, alternating runs: pages of 1,000 ran at 346k-423k events/s, of 2,000 at
+#: 205k-226k; counted instructions per event +2 % at 2,000 and +8 % at 5,000, the garbage
+#: collector traversing the bigger page's young objects more often). Raise it only where
+#: round trips are dear (a distant server).
+REPLAY_COUNT = READ_COUNT
 FINAL_STATUSES = frozenset({"done", "failed", "cancelled"})
 #: CHECK verdicts meaning "this call has just appended the job's terminal ERROR".
 ENDED_NOW = frozenset({"lost", "withdrawn"})
