@@ -1,12 +1,19 @@
 """Replay throughput: events/s reading and decoding a finished trace, sync and async clients.
 
-The trace is written directly in the wire format (`wire.encode_event` entries, pipelined
-XADDs, plus a job hash with status `done`, as the worker's scripts leave them): RETRIEVAL_START,
-RETRIEVAL_DONE, GENERATION_START, CHUNKs of "token ", GENERATION_DONE; 10,000 events in all.
-Each figure is the median of `--runs` full reads of the trace (`events(job_id)` /
-`aevents(job_id)` to the end); for context, the same reads with bare redis-py XRANGE (COUNT
-1000, no decoding) and XRANGE + `wire.decode_entry`. `--profile` prints the top of a cProfile
-of one sync and one async read.
+Two traces of the same events are written directly in the wire format (pipelined XADDs, plus a
+job hash with status `done`, as the worker's scripts leave them): one in wire format v2
+(`wire.encode_event`, what workers write now) and one in v1 (`encode_event_v1`, the map
+layout older workers wrote). Each holds RETRIEVAL_START, RETRIEVAL_DONE, GENERATION_START,
+CHUNKs of "token ", GENERATION_DONE; 10,000 events by default.
+
+Every reader reads its trace whole once per run, and the runs alternate (run 1 of every
+reader, then run 2 of every reader, ...), so all share the machine's conditions; each figure
+is the median of `--runs` with its spread (lowest-highest). The clients' figures
+(`events(job_id)` / `aevents(job_id)` to the end, v2 trace) are the ones with a target; for
+context: bare redis-py XRANGE (COUNT 1000, no decoding), XRANGE + `wire.decode_entry` per
+entry, and raw XRANGE pages + `wire.decode_entries` on the v1 and on the v2 trace (the
+wire formats compared in one run), and the sync client on the v1 trace. `--profile` prints the
+top of a cProfile of one sync and one async read.
 """
 
 from __future__ import annotations
@@ -23,27 +30,36 @@ from typing import Any
 import redis
 
 from streaming_rag import EventType
-from streaming_rag.wire import JobKeys, decode_entry, encode_event, new_job_id
+from streaming_rag.wire import JobKeys, decode_entries, decode_entry, encode_event, new_job_id
+from streaming_rag.wire.codec import encode_event_v1
 from streaming_rag_client import StreamingRAGClient
+from streaming_rag_client._outages import raw_view
 
 from ._common import new_prefix, server
 from ._tools import drop_prefix, emit_json, verdict
 
 TARGET_EVENTS_PER_S = 300_000
 PAGE = 1000
+SYNC, ASYNC = "client events() (sync)", "client aevents() (async)"
 
 
-def write_trace(r: redis.Redis, keys: JobKeys, events: int) -> None:
-    """A finished job's stream and hash, as a worker would have left them."""
+def write_trace(
+    r: redis.Redis,
+    keys: JobKeys,
+    events: int,
+    encode: Callable[[EventType, Any, float], bytes] = encode_event,
+) -> None:
+    """A finished job's stream and hash, as a worker would have left them (`encode`: the
+    wire format's encoder, v2 by default)."""
     docs = [{"content": "replayed document", "score": 0.9}]
     head = [
-        encode_event(EventType.RETRIEVAL_START, {"query": "replay"}, 0.0),
-        encode_event(EventType.RETRIEVAL_DONE, {"num_docs": 1, "docs": docs}, 0.0001),
-        encode_event(EventType.GENERATION_START, {"prompt_chars": 120}, 0.0002),
+        encode(EventType.RETRIEVAL_START, {"query": "replay"}, 0.0),
+        encode(EventType.RETRIEVAL_DONE, {"num_docs": 1, "docs": docs}, 0.0001),
+        encode(EventType.GENERATION_START, {"prompt_chars": 120}, 0.0002),
     ]
     chunks = events - len(head) - 1
-    done = encode_event(EventType.GENERATION_DONE, {"total_latency": 0.5}, 0.5)
-    payloads = [*head, *(encode_event(EventType.CHUNK, "token ", 0.0003) for _ in range(chunks))]
+    done = encode(EventType.GENERATION_DONE, {"total_latency": 0.5}, 0.5)
+    payloads = [*head, *(encode(EventType.CHUNK, "token ", 0.0003) for _ in range(chunks))]
     payloads.append(done)
     now = int(time.time() * 1000)
     for start in range(0, len(payloads), PAGE):
@@ -67,7 +83,13 @@ def write_trace(r: redis.Redis, keys: JobKeys, events: int) -> None:
         r.pexpire(key, 600_000)
 
 
-def _raw_read(r: redis.Redis, keys: JobKeys, decode: bool) -> int:
+def _next_cursor(entry_id: bytes) -> str:
+    ms, seq = entry_id.decode().split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _parsed_read(r: redis.Redis, keys: JobKeys, decode: bool) -> int:
+    """redis-py's parsed XRANGE pages (a dict per entry), optionally `decode_entry` each."""
     n, cursor = 0, "-"
     while True:
         entries: Any = r.xrange(keys.events, cursor, "+", count=PAGE)
@@ -77,18 +99,18 @@ def _raw_read(r: redis.Redis, keys: JobKeys, decode: bool) -> int:
             for entry_id, fields in entries:
                 decode_entry(keys.job_id, entry_id, fields)
         n += len(entries)
-        last = entries[-1][0].decode()
-        ms, seq = last.split("-")
-        cursor = f"{ms}-{int(seq) + 1}"
+        cursor = _next_cursor(entries[-1][0])
 
 
-def _median_rate(read: Callable[[], int], runs: int) -> dict[str, float]:
-    rates = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        n = read()
-        rates.append(n / (time.perf_counter() - t0))
-    return {"events_per_s": statistics.median(rates), "best": max(rates), "events": float(n)}
+def _raw_read(raw: Any, keys: JobKeys) -> int:
+    """Raw XRANGE pages (no response callback, as the client reads) + `decode_entries`."""
+    n, cursor = 0, "-"
+    while True:
+        entries: Any = raw.xrange(keys.events, cursor, "+", count=PAGE)
+        if not entries:
+            return n
+        n += len(decode_entries(keys.job_id, entries))
+        cursor = _next_cursor(entries[-1][0])
 
 
 async def _aread(rag: StreamingRAGClient, job_id: str) -> int:
@@ -98,6 +120,12 @@ async def _aread(rag: StreamingRAGClient, job_id: str) -> int:
     return n
 
 
+def _rate(read: Callable[[], int]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = read()
+    return n / (time.perf_counter() - t0), n
+
+
 def _profile(label: str, read: Callable[[], Any], top: int) -> None:
     prof = cProfile.Profile()
     prof.runcall(read)
@@ -105,42 +133,56 @@ def _profile(label: str, read: Callable[[], Any], top: int) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
+def _alternate(readers: dict[str, Callable[[], int]], runs: int) -> dict[str, dict[str, float]]:
+    """Each reader once per run, the runs one after another; median and spread per reader."""
+    rates: dict[str, list[float]] = {name: [] for name in readers}
+    counts: dict[str, int] = {}
+    for _ in range(runs):
+        for name, read in readers.items():
+            rate, counts[name] = _rate(read)
+            rates[name].append(rate)
+    return {
+        name: {
+            "events_per_s": statistics.median(values),
+            "low": min(values),
+            "high": max(values),
+            "events": float(counts[name]),
+        }
+        for name, values in rates.items()
+    }
+
+
 def measure(events: int, runs: int, profile: int) -> dict[str, Any]:
     with server() as (url, where):
         prefix = new_prefix("replay")
-        keys = JobKeys(prefix, new_job_id())
+        v2, v1 = JobKeys(prefix, new_job_id()), JobKeys(prefix, new_job_id())
         r = redis.Redis.from_url(url)
+        raw = raw_view(r)
+        loop = asyncio.new_event_loop()
         try:
-            write_trace(r, keys, events)
-            rows: dict[str, dict[str, float]] = {}
-            rows["redis-py XRANGE (no decode)"] = _median_rate(
-                lambda: _raw_read(r, keys, False), runs
-            )
-            rows["XRANGE + wire.decode_entry"] = _median_rate(
-                lambda: _raw_read(r, keys, True), runs
-            )
+            write_trace(r, v2, events)
+            write_trace(r, v1, events, encode_event_v1)
             with StreamingRAGClient(url, prefix=prefix) as rag:
-                job = keys.job_id
-                rows["client events() (sync)"] = _median_rate(
-                    lambda: sum(1 for _ in rag.events(job)), runs
-                )
-                loop = asyncio.new_event_loop()
-                try:
-                    rows["client aevents() (async)"] = _median_rate(
-                        lambda: loop.run_until_complete(_aread(rag, job)), runs
-                    )
-                    if profile:
-                        _profile("sync events()", lambda: sum(1 for _ in rag.events(job)), profile)
-                        aread = lambda: loop.run_until_complete(_aread(rag, job))  # noqa: E731
-                        _profile("async aevents()", aread, profile)
-                    loop.run_until_complete(rag.aclose())
-                finally:
-                    loop.close()
+                readers: dict[str, Callable[[], int]] = {
+                    "redis-py XRANGE (no decode)": lambda: _parsed_read(r, v2, False),
+                    "XRANGE + wire.decode_entry": lambda: _parsed_read(r, v2, True),
+                    "raw XRANGE + decode_entries, v1": lambda: _raw_read(raw, v1),
+                    "raw XRANGE + decode_entries, v2": lambda: _raw_read(raw, v2),
+                    "client events() (sync), v1": lambda: sum(1 for _ in rag.events(v1.job_id)),
+                    SYNC: lambda: sum(1 for _ in rag.events(v2.job_id)),
+                    ASYNC: lambda: loop.run_until_complete(_aread(rag, v2.job_id)),
+                }
+                rows = _alternate(readers, runs)
+                if profile:
+                    _profile("sync events()", readers[SYNC], profile)
+                    _profile("async aevents()", readers[ASYNC], profile)
+                loop.run_until_complete(rag.aclose())
         finally:
+            loop.close()
+            raw.close()
             r.close()
             drop_prefix(url, prefix)
-    clients = [v for k, v in rows.items() if k.startswith("client")]
-    ok = all(v["events_per_s"] >= TARGET_EVENTS_PER_S for v in clients)
+    ok = all(rows[name]["events_per_s"] >= TARGET_EVENTS_PER_S for name in (SYNC, ASYNC))
     return {
         "server": where,
         "trace_events": events,
@@ -154,32 +196,32 @@ def measure(events: int, runs: int, profile: int) -> dict[str, Any]:
 def _print(r: dict[str, Any]) -> None:
     print(
         f"replay: events/s reading a finished {r['trace_events']:,}-event trace, median of "
-        f"{r['runs']} ({r['server']})"
+        f"{r['runs']} alternating runs [lowest-highest] ({r['server']})"
     )
-    print(f"{'reader':<30}{'ev/s':>12}{'best':>12}{'us/ev':>8}  target")
+    print(f"{'reader':<34}{'ev/s':>10}  {'spread':<19}{'us/ev':>7}  target")
     for name, row in r["results"].items():
-        client = name.startswith("client")
         mark = (
             f">= {TARGET_EVENTS_PER_S:,} {verdict(row['events_per_s'] >= TARGET_EVENTS_PER_S)}"
-            if client
+            if name in (SYNC, ASYNC)
             else "(context)"
         )
+        spread = f"[{row['low']:,.0f}-{row['high']:,.0f}]"
         print(
-            f"{name:<30}{row['events_per_s']:>12,.0f}{row['best']:>12,.0f}"
-            f"{1e6 / row['events_per_s']:>8.2f}  {mark}"
+            f"{name:<34}{row['events_per_s']:>10,.0f}  {spread:<19}"
+            f"{1e6 / row['events_per_s']:>7.2f}  {mark}"
         )
     print(f"target >= {TARGET_EVENTS_PER_S:,} events/s for both clients: {r['verdict']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench replay", description=__doc__)
-    parser.add_argument("--events", type=int, default=10_000, help="events in the trace")
-    parser.add_argument("--runs", type=int, default=7, help="reads per figure, median (7)")
+    parser.add_argument("--events", type=int, default=10_000, help="events in each trace")
+    parser.add_argument("--runs", type=int, default=7, help="alternating runs, median (7)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print top N")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if args.events < 5 or args.runs < 1:
-        parser.error("--events must be >= 5 and --runs >= 1")
+    if args.events < 5 or args.runs < 3:
+        parser.error("--events must be >= 5 and --runs >= 3")
     result = measure(args.events, args.runs, args.profile)
     if args.json:
         emit_json(result)

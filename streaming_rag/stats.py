@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 from ._events import EventType, StreamEvent
 
 __all__ = ["StreamStats"]
+
+_type_of = attrgetter("type")
 
 
 class StreamStats:
@@ -68,13 +71,14 @@ class StreamStats:
             self.completed(float(event.data.get("total_latency", event.latency)))
 
     def saw_page(self, events: Iterable[StreamEvent]) -> None:
-        """Count a page of events: chunks in one locked addition, others one by one."""
-        chunks = 0
-        for event in events:
-            if event.type is EventType.CHUNK:
-                chunks += 1
-            else:
-                self.saw(event)
+        """Count a page of events: chunks in one locked addition (counted by a C-level pass
+        over the types), the others one by one."""
+        page = events if isinstance(events, list) else list(events)
+        chunks = list(map(_type_of, page)).count(EventType.CHUNK)
+        if chunks != len(page):
+            for event in page:
+                if event.type is not EventType.CHUNK:
+                    self.saw(event)
         self.add_chunks(chunks)
 
     def snapshot(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ clients with a mock transport: the same `follow` / `afollow` the real twins run.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -11,7 +12,15 @@ from streaming_rag import EventType, StreamEvent
 from streaming_rag.exceptions import JobNotFound
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys, encode_event
-from streaming_rag_client._core import Follower, afollow, cancel_succeeded, follow
+from streaming_rag_client._core import (
+    READ_COUNT,
+    REPLAY_COUNT,
+    Follower,
+    afollow,
+    cancel_succeeded,
+    flatten,
+    follow,
+)
 
 KEYS = JobKeys("core-test", "job1")
 BLOCK_MS = 250
@@ -25,6 +34,7 @@ class FakeStream:
         self.entries: list[tuple[bytes, list[bytes]]] = []
         self.verdicts = list(verdicts or [])
         self.calls: list[tuple[Any, ...]] = []
+        self.counts: list[int] = []  # the COUNT of each read
         self.on_check: dict[str, list[tuple[EventType, Any]]] = {}
 
     def add(self, type_: EventType, data: Any, latency: float = 0.1) -> str:
@@ -42,9 +52,10 @@ class FakeStream:
                 out.append((entry_id, fields))
         return out
 
-    def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+    def read(self, keys: JobKeys, cursor: str, block_ms: int | None, count: int = 1000) -> Any:
         self.calls.append(("read", cursor, block_ms))
-        entries = self._after(cursor)
+        self.counts.append(count)
+        entries = self._after(cursor)[:count]
         return [[keys.events.encode(), entries]] if entries else None
 
     def check(self, keys: JobKeys) -> str:
@@ -61,8 +72,10 @@ class AsyncFakeStream:
     def __init__(self, fake: FakeStream) -> None:
         self.fake = fake
 
-    async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
-        return self.fake.read(keys, cursor, block_ms)
+    async def read(
+        self, keys: JobKeys, cursor: str, block_ms: int | None, count: int = 1000
+    ) -> Any:
+        return self.fake.read(keys, cursor, block_ms, count)
 
     async def check(self, keys: JobKeys) -> str:
         return self.fake.check(keys)
@@ -92,6 +105,38 @@ def test_a_finished_stream_is_read_once_and_ends_at_its_terminal_event() -> None
         "total_errors": 0,
         "avg_stream_latency_s": 0.5,
     }
+
+
+def test_a_full_page_makes_the_next_read_ask_for_a_bigger_one() -> None:
+    fake = FakeStream()
+    ids = answer(fake, "x" * (READ_COUNT + REPLAY_COUNT))  # needs three reads (2 + chunks)
+    events, stats = run(fake)
+    assert [e.id for e in events] == ids
+    assert fake.counts == [READ_COUNT, REPLAY_COUNT, REPLAY_COUNT]
+    assert len(fake.calls) == 1 + -(-(len(ids) - READ_COUNT) // REPLAY_COUNT)
+    assert stats.snapshot()["total_chunks"] == READ_COUNT + REPLAY_COUNT
+    short = FakeStream()
+    answer(short, "ab")
+    run(short)
+    assert short.counts == [READ_COUNT]  # a short page: nothing more to catch up on
+
+
+def test_closing_the_flattened_events_closes_the_page_reader() -> None:
+    closed: list[bool] = []
+    page = [StreamEvent(EventType.CHUNK, "a", 0.0), StreamEvent(EventType.CHUNK, "b", 0.1)]
+
+    def pages() -> Generator[list[StreamEvent], None, None]:
+        try:
+            yield page
+            yield page
+        finally:
+            closed.append(True)
+
+    it = flatten(pages())
+    assert [next(it), next(it), next(it)] == [*page, page[0]]
+    assert not closed
+    it.close()
+    assert closed == [True]  # e.g. the watcher's "stopped" WATCH runs at once
 
 
 def test_resuming_after_a_cursor_yields_only_what_follows() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
+import msgpack
 import pytest
 
 from streaming_rag import EventType, StreamEvent
@@ -64,6 +66,34 @@ def test_cancel_a_queued_job_ends_it_at_once_and_withdraws_it(client, redis_clie
     assert events[0].latency == 0.0
     assert redis_client.zcard(f"{key_prefix}:queue") == 0
     assert client.status(job_id) is JobStatus.CANCELLED
+    # CANCEL's Lua wrote it in wire format v2 (cmsgpack: a table with keys 1..4 is an array)
+    [(_, fields)] = redis_client.xrange(JobKeys(key_prefix, job_id).events)
+    assert msgpack.unpackb(fields[b"e"]) == [2, "error", events[0].data, 0]
+
+
+def test_an_old_workers_v1_stream_ended_by_check_decodes_whole(client, redis_client, key_prefix):
+    """A job an older worker (wire format v1) was answering when it died: CHECK appends its
+    v2 "Worker lost" after the v1 entries, and a subscriber reads the mixed stream."""
+    keys = JobKeys(key_prefix, "old-worker-job")
+    v1 = [
+        {"v": 1, "t": "retrieval_start", "d": {"query": "q"}, "l": 0.0},
+        {"v": 1, "t": "chunk", "d": "half ", "l": 0.25},
+    ]
+    for entry in v1:
+        redis_client.xadd(keys.events, {"e": msgpack.packb(entry)})
+    started = int(time.time() * 1000) - 1500
+    redis_client.hset(keys.meta, mapping={"status": "running", "started_ms": started})
+    # no lease key: the worker is gone, so the first CHECK ends the job
+    events = list(client.events(keys.job_id))
+    assert [(e.type, e.data) for e in events[:2]] == [
+        (EventType.RETRIEVAL_START, {"query": "q"}),
+        (EventType.CHUNK, "half "),
+    ]
+    assert error_of(events) == {"stage": "worker", "msg": "Worker lost"}
+    assert events[2].latency >= 1.5  # seconds since the job started, packed by Lua
+    raw = redis_client.xrange(keys.events)
+    assert [type(msgpack.unpackb(f[b"e"])) for _, f in raw] == [dict, dict, list]
+    assert list(client.events(keys.job_id)) == events  # a replay decodes the same
 
 
 def test_a_job_no_worker_picks_up_ends_with_the_queue_error(redis_url, key_prefix, redis_client):

@@ -39,6 +39,7 @@ from ._core import (
     cancel_succeeded,
     check_speed,
     details_from_fields,
+    flatten,
     plan_submit,
     replay_delay,
     status_from_check,
@@ -234,8 +235,8 @@ class StreamingRAGClient:
     def _follow(self, keys: JobKeys, after: str | None) -> Generator[StreamEvent, None, None]:
         f = Follower(keys, cursor=after or "0-0")
         t, poll_s = self._sync_transport(), self.poll_interval_s
-        return watched_follow(
-            t, f, block_ms=self._block_ms, stats=self._stats, poll_interval_s=poll_s
+        return flatten(
+            watched_follow(t, f, block_ms=self._block_ms, stats=self._stats, poll_interval_s=poll_s)
         )
 
     def events(self, job_id: str, after: str | None = None) -> Generator[StreamEvent, None, None]:

@@ -19,6 +19,8 @@ from streaming_rag.exceptions import InvalidRequest, ServerUnavailable
 from streaming_rag.wire import redact_url
 from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
 
+from ._core import READ_COUNT
+
 __all__ = [
     "DEFAULT_RECONNECT_S",
     "READ_COUNT",
@@ -35,7 +37,6 @@ __all__ = [
 
 logger = logging.getLogger("streaming_rag.client")
 
-READ_COUNT = 1000
 DEFAULT_RECONNECT_S = 30.0
 #: Errors that mean "not reachable right now": redis-py's ConnectionError (its BusyLoadingError,
 #: a server loading its AOF after a restart, included) and TimeoutError, and the OSErrors

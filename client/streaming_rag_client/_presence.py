@@ -31,7 +31,7 @@ from streaming_rag import StreamEvent
 from streaming_rag.stats import StreamStats
 from streaming_rag.wire import JobKeys
 
-from ._core import Follower, afollow, follow
+from ._core import READ_COUNT, Follower, afollow, follow_pages
 
 __all__ = ["FanoutPresence", "awatched_follow", "presence_window", "watched_follow"]
 
@@ -75,11 +75,13 @@ class _Watching:
 class _SyncReads(_Watching):
     """`SyncReads` over the sync transport, keeping the subscriber's watcher fresh."""
 
-    def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+    def read(
+        self, keys: JobKeys, cursor: str, block_ms: int | None, count: int = READ_COUNT
+    ) -> Any:
         if self.due():
             self.t.watch(self.keys, [(self.id, 1)], self.ttl_ms)
             self.written()
-        return self.t.read(keys, cursor, block_ms)
+        return self.t.read(keys, cursor, block_ms, count)
 
     def check(self, keys: JobKeys) -> str:
         return str(self.t.check(keys))
@@ -93,11 +95,13 @@ class _SyncReads(_Watching):
 class _AsyncReads(_Watching):
     """`AsyncReads` over the async transport, keeping the subscriber's watcher fresh."""
 
-    async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
+    async def read(
+        self, keys: JobKeys, cursor: str, block_ms: int | None, count: int = READ_COUNT
+    ) -> Any:
         if self.due():
             await self.t.watch(self.keys, [(self.id, 1)], self.ttl_ms)
             self.written()
-        return await self.t.read(keys, cursor, block_ms)
+        return await self.t.read(keys, cursor, block_ms, count)
 
     async def check(self, keys: JobKeys) -> str:
         return str(await self.t.check(keys))
@@ -110,11 +114,12 @@ class _AsyncReads(_Watching):
 
 def watched_follow(
     t: Any, f: Follower, *, block_ms: int, stats: StreamStats, poll_interval_s: float
-) -> Generator[StreamEvent, None, None]:
-    """`follow` over the sync transport `t`, counted as one watcher of the job meanwhile."""
+) -> Generator[list[StreamEvent], None, None]:
+    """`follow_pages` over the sync transport `t` (pages of events: `flatten` them),
+    counted as one watcher of the job meanwhile."""
     reads = _SyncReads(t, f.keys, poll_interval_s)
     try:
-        yield from follow(reads, f, block_ms=block_ms, stats=stats)
+        yield from follow_pages(reads, f, block_ms=block_ms, stats=stats)
     finally:
         reads.stop()
 

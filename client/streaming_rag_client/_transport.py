@@ -126,12 +126,12 @@ class SyncTransport(_Twin):
             self.call(lambda: self._enqueue(keys=e.keys, args=e.args), queue=True)
         return ok
 
-    def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
-        """Raw XREAD reply (see `raw_view`)."""
+    def read(
+        self, keys: JobKeys, cursor: str, block_ms: int | None, count: int = READ_COUNT
+    ) -> Any:
+        """Raw XREAD reply of at most `count` entries (see `raw_view`)."""
         return self._xread(
-            self.call(
-                lambda: self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
-            )
+            self.call(lambda: self.raw.xread({keys.events: cursor}, count=count, block=block_ms))
         )
 
     def _queue_side(self, keys: JobKeys, verdict: str, *, publish: bool = False) -> None:
@@ -245,11 +245,13 @@ class AsyncTransport(_Twin):
             await self.call(lambda: self._enqueue(keys=e.keys, args=e.args), queue=True)
         return ok
 
-    async def read(self, keys: JobKeys, cursor: str, block_ms: int | None) -> Any:
-        """Raw XREAD reply (see `raw_view`)."""
+    async def read(
+        self, keys: JobKeys, cursor: str, block_ms: int | None, count: int = READ_COUNT
+    ) -> Any:
+        """Raw XREAD reply of at most `count` entries (see `raw_view`)."""
         return self._xread(
             await self.call(
-                lambda: self.raw.xread({keys.events: cursor}, count=READ_COUNT, block=block_ms)
+                lambda: self.raw.xread({keys.events: cursor}, count=count, block=block_ms)
             )
         )
 

@@ -1,5 +1,7 @@
 """The pieces every script of `scripts` shares: the `ScriptCall` a builder returns, and Lua
-snippets (the server's clock, ending a job, comparing entry ids)."""
+snippets (the server's clock, ending a job, comparing entry ids). `error_event` packs a
+terminal ERROR in wire format v2 (``[2, "error", {msg, stage}, latency]``: cmsgpack packs a
+Lua table with keys 1..n as an array); no script reads an event's payload."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ local function finish(meta, events, status, retention, fields)
   redis.call('PEXPIRE', events, retention)
 end
 local function error_event(stage, msg, latency)
-  return cmsgpack.pack({v = 1, t = 'error', d = {msg = msg, stage = stage}, l = latency})
+  return cmsgpack.pack({2, 'error', {msg = msg, stage = stage}, latency})
 end
 local function declare_lost(meta, events, retention)
   local started = tonumber(redis.call('HGET', meta, 'started_ms') or clock())

@@ -19,7 +19,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from streaming_rag.exceptions import WorkerConfigError
+from streaming_rag.exceptions import EventDecodeError, WorkerConfigError
+from streaming_rag.wire import decode_event
 
 if TYPE_CHECKING:
     from .config import WorkerConfig
@@ -132,16 +133,14 @@ def for_config(config: WorkerConfig) -> Metrics:
 
 
 def _decode_stage(terminal: bytes | None) -> str:
+    """The `stage` of an encoded ERROR event (either wire version), else ``""``."""
     if terminal is None:
         return ""
     try:
-        import msgpack
-
-        obj = msgpack.unpackb(terminal, raw=False, strict_map_key=False)
-        data = obj.get("d") if isinstance(obj, dict) else None
-        stage = data.get("stage") if isinstance(data, dict) else None
-    except Exception:
+        data = decode_event("", "", terminal).data
+    except EventDecodeError:
         return ""
+    stage = data.get("stage") if isinstance(data, dict) else None
     return stage if isinstance(stage, str) else ""
 
 
