@@ -36,7 +36,7 @@ from streaming_rag_client import StreamingRAGClient
 from streaming_rag_client._outages import raw_view
 
 from ._common import new_prefix, server
-from ._tools import drop_prefix, emit_json, verdict
+from ._tools import drop_prefix, emit_json, scorecard, verdict
 
 TARGET_EVENTS_PER_S = 300_000
 PAGE = 1000
@@ -223,8 +223,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 5 or args.runs < 3:
         parser.error("--events must be >= 5 and --runs >= 3")
     result = measure(args.events, args.runs, args.profile)
+    _record(result)
     if args.json:
         emit_json(result)
     else:
         _print(result)
     return 0
+
+
+def _record(r: dict[str, Any]) -> None:
+    """The scorecard row: both clients on v2, beside the bare read and the v1 client."""
+    rows = r["results"]
+
+    def k(name: str) -> str:
+        row = rows[name]
+        return (
+            f"{row['events_per_s'] / 1000:.0f}k [{row['low'] / 1000:.0f}-{row['high'] / 1000:.0f}]"
+        )
+
+    scorecard(
+        "replay, sync / async client, wire v2 (ev/s)",
+        f"{k(SYNC)} / {k(ASYNC)}",
+        f"XRANGE alone {k('redis-py XRANGE (no decode)')}; "
+        f"sync on v1 {k('client events() (sync), v1')}",
+        f">= {TARGET_EVENTS_PER_S // 1000}k both",
+        r["verdict"] == "PASS",
+    )
