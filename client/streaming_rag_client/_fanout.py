@@ -73,7 +73,7 @@ from ._fanout_state import (
     _Unwatched,
     _Watched,
 )
-from ._outages import node_reader
+from ._outages import node_reader, xread_command
 from ._presence import FanoutPresence
 from ._transport import READ_COUNT, AsyncTransport, raw_view
 
@@ -343,7 +343,14 @@ class Fanout:
                 await conn.execute_command("ASKING")
             group.blocked = True
             try:
-                return await conn.xread(streams, count=READ_COUNT, block=block_ms)
+                connection = conn.connection  # the reader's own, held since CLIENT ID
+                if connection is None:
+                    return await conn.xread(streams, count=READ_COUNT, block=block_ms)
+                # written and read directly: redis-py's per-command machinery costs as much
+                # client CPU as the call, once per XREAD (see `xread_command`)
+                command = xread_command(streams, READ_COUNT, block_ms)
+                await connection.send_packed_command(command, check_health=False)
+                return await connection.read_response()
             finally:
                 group.blocked = False
         except BaseException as exc:

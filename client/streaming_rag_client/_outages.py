@@ -33,6 +33,7 @@ __all__ = [
     "raw_xrange",
     "raw_xread",
     "redacted",
+    "xread_command",
 ]
 
 logger = logging.getLogger("streaming_rag.client")
@@ -212,3 +213,13 @@ def node_reader(cluster: Any, node: Any) -> redis.asyncio.Redis:
     for command in ("XREAD", "XRANGE"):
         client.set_response_callback(command, _raw)
     return client
+
+
+def xread_command(streams: dict[str, str], count: int, block_ms: int) -> bytes:
+    """``XREAD COUNT count BLOCK block_ms STREAMS <names> <ids>`` in RESP, packed in one pass
+    (redis-py's asyncio packer is pure Python and walks every argument several times: with a
+    thousand watched streams that is most of the reader's CPU per call)."""
+    parts = [b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % block_ms, b"STREAMS"]
+    parts += [name.encode() for name in streams]
+    parts += [cursor.encode() for cursor in streams.values()]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
