@@ -104,6 +104,6 @@ def test_the_paced_bench_prints_and_records_its_row(
     assert "60 [50-70]" in out and out.rstrip().endswith("MISS")
     (row,) = _tools.read_scorecard(str(card))
     assert row["measured"].startswith("60 [50-70]; flush_ms 10: 30")
-    assert row["against"] == "one PING round trip 31 [30-32]" and row["verdict"] == "MISS"
+    assert row["against"] == "one PING per 5 ms: 31 [30-32]" and row["verdict"] == "MISS"
     with pytest.raises(SystemExit):
         paced.main(["--runs", "0"])
