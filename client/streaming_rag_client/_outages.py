@@ -18,6 +18,7 @@ import redis.cluster
 from streaming_rag.exceptions import InvalidRequest, ServerUnavailable
 from streaming_rag.wire import redact_url
 from streaming_rag.wire.backoff import TRANSIENT_REPLIES, Backoff
+from streaming_rag.wire.resp import pack_commands
 
 from ._core import READ_COUNT
 
@@ -219,7 +220,6 @@ def xread_command(streams: dict[str, str], count: int, block_ms: int) -> bytes:
     """``XREAD COUNT count BLOCK block_ms STREAMS <names> <ids>`` in RESP, packed in one pass
     (redis-py's asyncio packer is pure Python and walks every argument several times: with a
     thousand watched streams that is most of the reader's CPU per call)."""
-    parts = [b"XREAD", b"COUNT", b"%d" % count, b"BLOCK", b"%d" % block_ms, b"STREAMS"]
-    parts += [name.encode() for name in streams]
-    parts += [cursor.encode() for cursor in streams.values()]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    args: list[Any] = ["XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", *streams]
+    args += streams.values()
+    return pack_commands([args])

@@ -6,7 +6,7 @@ A paced LLM makes the publisher send one small script call per token. Through `R
 the response-callback lookup: measured here, ~100 µs of client CPU per call on top of the
 ~100 µs the round trip itself costs. This holds one connection of the client's own pool (so
 its URL, credentials, TLS, timeouts and Sentinel resolution are the client's) and writes the
-packed commands and reads the replies directly.
+commands, packed in one pass (`streaming_rag.wire.resp`), and reads the replies directly.
 
 Contract: `call` sends its commands in one write and returns their replies in order; an
 error reply (`ResponseError`, e.g. NOSCRIPT) is returned in its command's place, as a
@@ -24,6 +24,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from streaming_rag.wire.resp import pack_commands
+
 __all__ = ["DirectConnection"]
 
 
@@ -40,7 +42,7 @@ class DirectConnection:
         if conn is None:
             conn = self._conn = await self._pool.get_connection()
         try:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            await conn.send_packed_command(pack_commands(commands), check_health=False)
             replies: list[Any] = []
             for _ in commands:
                 try:
