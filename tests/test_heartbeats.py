@@ -87,3 +87,31 @@ async def test_a_cancel_flag_found_by_a_beat_stops_the_job(redis_url, key_prefix
         finally:
             llm.release.set()
             await client.aclose()
+
+
+async def test_a_beat_whose_handling_raises_does_not_stop_the_next(
+    aevents_client, key_prefix, redis_url
+):
+    from streaming_rag_worker import WorkerConfig
+
+    keys = JobKeys(key_prefix, "ended-elsewhere")
+    await aevents_client.hset(keys.meta, mapping={"status": "failed"})
+    calls: list[str] = []
+    both = asyncio.Event()
+
+    def is_running(job_id: str) -> bool:
+        calls.append(job_id)
+        if len(calls) >= 2:
+            both.set()
+        raise RuntimeError("a bug in the reply's handling")
+
+    cfg = WorkerConfig(redis_url=redis_url, prefix=key_prefix, heartbeat_s=0.05, lease_s=0.2)
+    beats = Heartbeats(
+        aevents_client, cfg, on_cancel=lambda job_id, abandoned: None, is_running=is_running
+    )
+    beats.add(keys)
+    try:
+        await asyncio.wait_for(both.wait(), WAIT_S)  # the second beat came after the first raised
+    finally:
+        await beats.aclose()
+    assert calls[:2] == [keys.job_id, keys.job_id]

@@ -79,29 +79,36 @@ class Heartbeats:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._cfg.heartbeat_s)
-            jobs = list(self._jobs.values())
-            if not jobs:
-                continue
             try:
-                replies = await self._beat([keys for keys, _ in jobs])
-            except Exception as exc:  # an outage: the next beat retries, the lease has slack
-                logger.debug("heartbeat of %d jobs failed: %s", len(jobs), exc)
+                await self._once()
+            except Exception:  # never let one bad beat stop every lease's renewal
+                logger.exception("heartbeat failed; the next one retries")
+
+    async def _once(self) -> None:
+        """One beat: renew every job's lease, then act on each job's reply."""
+        jobs = list(self._jobs.values())
+        if not jobs:
+            return
+        try:
+            replies = await self._beat([keys for keys, _ in jobs])
+        except Exception as exc:  # an outage: the next beat retries, the lease has slack
+            logger.debug("heartbeat of %d jobs failed: %s", len(jobs), exc)
+            return
+        checks = []
+        for (keys, unwatched), reply in zip(jobs, replies, strict=True):
+            if isinstance(reply, Exception) or keys.job_id not in self._jobs:
                 continue
-            checks = []
-            for (keys, unwatched), reply in zip(jobs, replies, strict=True):
-                if isinstance(reply, Exception) or keys.job_id not in self._jobs:
-                    continue
-                status = reply.decode() if isinstance(reply, bytes) else str(reply)
-                if status == "cancel":
-                    self._on_cancel(keys.job_id, False)
-                elif status == "running":
-                    if unwatched is not None:
-                        checks.append(self._abandon_if_unwatched(keys, unwatched))
-                elif self._is_running(keys.job_id):
-                    logger.warning("job %s is %s in Redis; stopping it here", keys.job_id, status)
-                    self._on_cancel(keys.job_id, False)
-            if checks:
-                await asyncio.gather(*checks)
+            status = reply.decode() if isinstance(reply, bytes) else str(reply)
+            if status == "cancel":
+                self._on_cancel(keys.job_id, False)
+            elif status == "running":
+                if unwatched is not None:
+                    checks.append(self._abandon_if_unwatched(keys, unwatched))
+            elif self._is_running(keys.job_id):
+                logger.warning("job %s is %s in Redis; stopping it here", keys.job_id, status)
+                self._on_cancel(keys.job_id, False)
+        if checks:
+            await asyncio.gather(*checks)
 
     async def _abandon_if_unwatched(self, keys: JobKeys, unwatched: Unwatched) -> None:
         if await unwatched.abandoned() and keys.job_id in self._jobs:
