@@ -417,7 +417,8 @@ async def test_subscribers_ride_through_an_outage(valkey, proxy, key_prefix, kin
     assert all(PASSWORD not in r.getMessage() for r in records)
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     backs = [r.getMessage() for r in records if "back after" in r.getMessage()]
-    assert warnings and all("unreachable" in message for message in warnings)
+    logged = [(r.levelname, r.getMessage()) for r in records]
+    assert warnings and all("unreachable" in message for message in warnings), logged
     assert backs and all(r.levelno == logging.INFO for r in records if r.levelno != logging.WARNING)
     if kind != "sync":  # one event loop: exactly one outage logged, once each way
         assert (len(warnings), len(backs)) == (1, 1)
