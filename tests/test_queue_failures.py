@@ -56,7 +56,9 @@ async def test_cancel_a_running_job_stops_generation_and_closes_the_llm(
         assert await client.acancel(job_id) is False  # already finished
 
 
-def test_cancel_a_queued_job_ends_it_at_once_and_withdraws_it(client, redis_client, key_prefix):
+def test_cancel_a_queued_job_ends_it_at_once_and_withdraws_it(
+    client, redis_client, events_client, key_prefix
+):
     job_id = client.submit("nobody will run me")
     assert client.status(job_id) is JobStatus.QUEUED
     assert client.cancel(job_id) is True
@@ -67,11 +69,11 @@ def test_cancel_a_queued_job_ends_it_at_once_and_withdraws_it(client, redis_clie
     assert redis_client.zcard(f"{key_prefix}:queue") == 0
     assert client.status(job_id) is JobStatus.CANCELLED
     # CANCEL's Lua wrote it in wire format v2 (cmsgpack: a table with keys 1..4 is an array)
-    [(_, fields)] = redis_client.xrange(JobKeys(key_prefix, job_id).events)
+    [(_, fields)] = events_client.xrange(JobKeys(key_prefix, job_id).events)
     assert msgpack.unpackb(fields[b"e"]) == [2, "error", events[0].data, 0]
 
 
-def test_an_old_workers_v1_stream_ended_by_check_decodes_whole(client, redis_client, key_prefix):
+def test_an_old_workers_v1_stream_ended_by_check_decodes_whole(client, events_client, key_prefix):
     """A job an older worker (wire format v1) was answering when it died: CHECK appends its
     v2 "Worker lost" after the v1 entries, and a subscriber reads the mixed stream."""
     keys = JobKeys(key_prefix, "old-worker-job")
@@ -80,9 +82,9 @@ def test_an_old_workers_v1_stream_ended_by_check_decodes_whole(client, redis_cli
         {"v": 1, "t": "chunk", "d": "half ", "l": 0.25},
     ]
     for entry in v1:
-        redis_client.xadd(keys.events, {"e": msgpack.packb(entry)})
+        events_client.xadd(keys.events, {"e": msgpack.packb(entry)})
     started = int(time.time() * 1000) - 1500
-    redis_client.hset(keys.meta, mapping={"status": "running", "started_ms": started})
+    events_client.hset(keys.meta, mapping={"status": "running", "started_ms": started})
     # no lease key: the worker is gone, so the first CHECK ends the job
     events = list(client.events(keys.job_id))
     assert [(e.type, e.data) for e in events[:2]] == [
@@ -91,7 +93,7 @@ def test_an_old_workers_v1_stream_ended_by_check_decodes_whole(client, redis_cli
     ]
     assert error_of(events) == {"stage": "worker", "msg": "Worker lost"}
     assert events[2].latency >= 1.5  # seconds since the job started, packed by Lua
-    raw = redis_client.xrange(keys.events)
+    raw = events_client.xrange(keys.events)
     assert [type(msgpack.unpackb(f[b"e"])) for _, f in raw] == [dict, dict, list]
     assert list(client.events(keys.job_id)) == events  # a replay decodes the same
 
