@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -63,8 +64,10 @@ class Heartbeats:
         """Renew `keys`' lease from the next beat on, until `discard`."""
         unwatched = Unwatched.for_job(self._redis, keys, self._cfg.abandon_after_s)
         self._jobs[keys.job_id] = (keys, unwatched)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="streaming-rag-heartbeats")
+        if self._task is None or self._task.done():  # in a context of its own, not the job's
+            self._task = asyncio.create_task(
+                self._run(), name="streaming-rag-heartbeats", context=contextvars.Context()
+            )
 
     def discard(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
