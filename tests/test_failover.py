@@ -87,6 +87,9 @@ async def test_a_failover_mid_answer_loses_nothing_and_replays_what_subscribers_
         await asyncio.to_thread(
             wait_until, lambda: deployment.primary_port() == new_port, "the new primary"
         )
+        # a new client's first contact fails at once by design: wait until the sentinel
+        # hands a fresh client the new primary (its state settles a moment after the switch)
+        await asyncio.to_thread(wait_until, lambda: _reachable(url), "the primary via sentinel")
         async with StreamingRAGClient(url, prefix=key_prefix) as later:
             replay = await asyncio.wait_for(collect(later.aevents(job_id)), WAIT_S)
     await shared.aclose()
@@ -99,3 +102,17 @@ async def test_a_failover_mid_answer_loses_nothing_and_replays_what_subscribers_
     assert ids == sorted(set(ids))
     for events in seen:
         assert [(e.id, e.type, e.data) for e in events] == [(e.id, e.type, e.data) for e in replay]
+
+
+def _reachable(url: str) -> bool:
+    """Whether a fresh client reaches the primary the sentinel names now."""
+    from streaming_rag.wire import parse_url
+    from streaming_rag_client._connect import sync_client
+
+    client = sync_client(parse_url(url))
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
